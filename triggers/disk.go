@@ -1,0 +1,617 @@
+package triggers
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/shirou/gopsutil/v4/disk"
+
+	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/policy"
+)
+
+// diskDefaultHistory is how many usage samples per filesystem the trend is
+// fitted over by default.
+const diskDefaultHistory = 10
+
+// diskMinTrendSamples is the fewest samples a trend is fitted to.
+const diskMinTrendSamples = 3
+
+// DiskOptions tunes a Disk trigger. The zero value is the production setting.
+type DiskOptions struct {
+	// Usage returns the used and total bytes of the filesystem holding path.
+	// nil uses gopsutil's disk.Usage with total = used + free, so that the
+	// percentage is df's (blocks reserved for root are not counted as
+	// available).
+	Usage func(path string) (used, total uint64, err error)
+	// History is the number of usage samples per filesystem the trend is
+	// fitted over (default 10, at least 3).
+	History int
+}
+
+// FSPressure is the state of one filesystem that holds file targets, for
+// status pages.
+type FSPressure struct {
+	// Mountpoint is where the filesystem is mounted (the metric label).
+	Mountpoint string `json:"mountpoint"`
+	// Device is the st_dev the filesystem's targets share.
+	Device uint64 `json:"device"`
+	// UsedPercent is the last sampled usage, 0–100.
+	UsedPercent float64 `json:"used_percent"`
+	// UnderPressure is true from the moment usage reached high_percent (or
+	// the trend predicted it would) until it fell below low_percent.
+	UnderPressure bool `json:"under_pressure"`
+	// NothingReclaimable is true while under pressure when every target
+	// concerned has been compacted since pressure began and reclaimed about
+	// nothing: compaction cannot help, an operator must.
+	NothingReclaimable bool `json:"nothing_reclaimable"`
+	// Predicted is true when the usage trend projects high_percent within
+	// predict_horizon while usage is still below it.
+	Predicted bool `json:"predicted"`
+	// Targets are the targets on the filesystem; while under pressure, those
+	// under pressure, most reclaimable first.
+	Targets []string `json:"targets"`
+}
+
+// Disk is the disk-pressure trigger. Every interval it samples the usage of
+// each filesystem that holds a file target (targets are grouped by the
+// device of their directory, so one query serves every target on one
+// filesystem) and emits an urgent policy.KindDisk signal while a filesystem
+// is under pressure, naming its targets most reclaimable first.
+//
+// Pressure uses hysteresis per target (targets may override the
+// thresholds): it begins when usage reaches HighPercent, or when a linear
+// fit of the recent samples projects HighPercent within PredictHorizon (0
+// turns prediction off), and ends only when usage is below LowPercent and
+// no longer predicted to cross. While under pressure a signal is emitted at
+// every sample for the targets that may still have something reclaimable,
+// ordered by an estimate (see diskEstimate: the target's size times the
+// fraction its last successful compaction reclaimed, its size when it has
+// none, and at least what it grew since its last compaction). Left out are
+// empty targets and those whose last compaction since pressure began
+// reclaimed about nothing (at most 0.1% of its size before). When no target
+// is left while pressure remains, that is logged once per episode as an
+// error and shown by Pressure; the timer trigger still compacts them.
+type Disk struct {
+	logger  *slog.Logger
+	usage   func(path string) (used, total uint64, err error)
+	history int
+
+	mu      sync.Mutex
+	targets map[string]*diskTarget
+	order   []string // target names in config order
+	fss     map[uint64]*diskFS
+	wake    chan struct{}
+}
+
+// diskTarget is what Disk keeps per target.
+type diskTarget struct {
+	t Target
+	// ratio is reclaimed/before of the last successful compaction; valid
+	// when hasRatio.
+	ratio    float64
+	hasRatio bool
+	// after is AfterBytes of the last successful compaction, -1 unknown.
+	after int64
+	// pressured is the target's hysteresis state.
+	pressured bool
+	// exhausted: a compaction since pressure began reclaimed about nothing.
+	exhausted bool
+	// reclaimable is the last estimate, for ordering.
+	reclaimable int64
+}
+
+// diskFS is what Disk keeps per filesystem (device).
+type diskFS struct {
+	dev        uint64
+	mountpoint string
+	probe      string // an existing directory on the filesystem, to query
+	interval   time.Duration
+	last       time.Time // last sample attempt
+	samples    []diskSample
+	percent    float64
+	sampled    bool
+	predicted  bool
+	nothing    bool // nothing reclaimable was logged for this episode
+	errLogged  bool
+	targets    []string // names on this fs, config order
+	status     []string // FSPressure.Targets
+}
+
+// diskSample is one usage measurement.
+type diskSample struct {
+	at      time.Time
+	percent float64
+}
+
+// NewDisk returns a Disk trigger for targets (those without Files or with
+// Disk.Interval 0 are ignored). Options are optional; at most the first is
+// used.
+func NewDisk(targets []Target, logger *slog.Logger, opts ...DiskOptions) *Disk {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	var o DiskOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if o.Usage == nil {
+		o.Usage = diskGopsutilUsage
+	}
+	if o.History <= 0 {
+		o.History = diskDefaultHistory
+	}
+	o.History = max(o.History, diskMinTrendSamples)
+	d := &Disk{
+		logger:  logger.With("trigger", policy.KindDisk),
+		usage:   o.Usage,
+		history: o.History,
+		targets: make(map[string]*diskTarget),
+		fss:     make(map[uint64]*diskFS),
+		wake:    make(chan struct{}, 1),
+	}
+	d.SetTargets(targets)
+	return d
+}
+
+// diskGopsutilUsage is the production usage function.
+func diskGopsutilUsage(path string) (used, total uint64, err error) {
+	u, err := disk.Usage(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("disk usage of %s: %w", path, err)
+	}
+	return u.Used, u.Used + u.Free, nil
+}
+
+// SetTargets replaces the target list; the next sample uses it. A target
+// whose settings changed keeps its reports and pressure state.
+func (d *Disk) SetTargets(targets []Target) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.targets
+	d.targets = make(map[string]*diskTarget, len(targets))
+	d.order = d.order[:0]
+	for _, t := range targets {
+		if _, dup := d.targets[t.Name]; dup {
+			continue
+		}
+		dt := old[t.Name]
+		if dt == nil {
+			dt = &diskTarget{after: -1}
+		}
+		dt.t = t
+		d.targets[t.Name] = dt
+		d.order = append(d.order, t.Name)
+	}
+	d.poke()
+}
+
+// poke wakes Run; it never blocks.
+func (d *Disk) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Observe records what a compaction reclaimed, for the reclaimable
+// estimate. Dry runs, skipped and failed compactions are ignored.
+func (d *Disk) Observe(r backends.Report) {
+	if r.DryRun || r.Error != "" || r.Skipped != "" || r.ReclaimedBytes == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dt, ok := d.targets[r.Target]
+	if !ok {
+		return
+	}
+	reclaimed := *r.ReclaimedBytes
+	var before int64
+	if r.BeforeBytes != nil {
+		before = *r.BeforeBytes
+	}
+	dt.after = -1
+	if r.AfterBytes != nil {
+		dt.after = *r.AfterBytes
+	}
+	if before > 0 {
+		dt.ratio = min(max(float64(reclaimed)/float64(before), 0), 1)
+		dt.hasRatio = true
+	}
+	// "About nothing": at most 0.1% of the size before.
+	dt.exhausted = reclaimed <= before/1000
+}
+
+// Pressure returns the state of every filesystem that holds a target, by
+// mountpoint.
+func (d *Disk) Pressure() []FSPressure {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]FSPressure, 0, len(d.fss))
+	for _, f := range d.fss {
+		if !f.sampled {
+			continue
+		}
+		p := FSPressure{
+			Mountpoint:  f.mountpoint,
+			Device:      f.dev,
+			UsedPercent: f.percent,
+			Predicted:   f.predicted,
+			Targets:     slices.Clone(f.status),
+		}
+		for _, name := range f.targets {
+			if dt := d.targets[name]; dt != nil && dt.pressured {
+				p.UnderPressure = true
+			}
+		}
+		p.NothingReclaimable = p.UnderPressure && f.nothing
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b FSPressure) int { return cmp.Compare(a.Mountpoint, b.Mountpoint) })
+	return out
+}
+
+// UsedRatios returns the last sampled used fraction (0–1) of each
+// filesystem, by mountpoint: the disk_used_ratio{mountpoint} metric.
+func (d *Disk) UsedRatios() map[string]float64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]float64, len(d.fss))
+	for _, f := range d.fss {
+		if f.sampled {
+			out[f.mountpoint] = f.percent / 100
+		}
+	}
+	return out
+}
+
+// Run samples and emits until ctx is done, then returns nil.
+func (d *Disk) Run(ctx context.Context, emit Emit) error {
+	clock := time.NewTimer(time.Hour)
+	defer clock.Stop()
+	for {
+		sigs, next := d.tick(time.Now())
+		for _, s := range sigs {
+			emit(s)
+		}
+		if next.IsZero() {
+			clock.Stop()
+		} else {
+			clock.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.wake:
+		case <-clock.C:
+		}
+	}
+}
+
+// diskPlace is where one target lives.
+type diskPlace struct {
+	name  string
+	dev   uint64
+	probe string
+}
+
+// tick regroups the targets by device, samples every filesystem that is
+// due, and returns the signals and the next deadline.
+func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
+	// Locate targets without the lock: stat may be slow on a sick disk.
+	d.mu.Lock()
+	type want struct {
+		name string
+		dir  string
+	}
+	var wants []want
+	for _, name := range d.order {
+		dt := d.targets[name]
+		if len(dt.t.Files) == 0 || dt.t.Disk.Interval <= 0 {
+			continue
+		}
+		wants = append(wants, want{name, filepath.Dir(dt.t.Files[0])})
+	}
+	d.mu.Unlock()
+
+	var places []diskPlace
+	for _, w := range wants {
+		probe, dev, err := diskLocate(w.dir)
+		if err != nil {
+			d.logger.Error("cannot find the filesystem of a target", "target", w.name, "dir", w.dir, "err", err)
+			continue
+		}
+		places = append(places, diskPlace{w.name, dev, probe})
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Regroup.
+	seen := make(map[uint64]bool)
+	for _, p := range places {
+		dt := d.targets[p.name]
+		if dt == nil { // removed meanwhile
+			continue
+		}
+		f := d.fss[p.dev]
+		if f == nil {
+			f = &diskFS{dev: p.dev, probe: p.probe}
+			d.fss[p.dev] = f
+		}
+		if !seen[p.dev] {
+			seen[p.dev] = true
+			f.targets = f.targets[:0]
+			f.interval = 0
+			f.probe = p.probe
+		}
+		f.targets = append(f.targets, p.name)
+		if f.interval == 0 || dt.t.Disk.Interval < f.interval {
+			f.interval = dt.t.Disk.Interval
+		}
+	}
+	for dev := range d.fss {
+		if !seen[dev] {
+			delete(d.fss, dev)
+		}
+	}
+	// Targets no longer on any filesystem leave pressure.
+	for _, dt := range d.targets {
+		if len(dt.t.Files) == 0 || dt.t.Disk.Interval <= 0 {
+			dt.pressured = false
+		}
+	}
+
+	var sigs []policy.Signal
+	var next time.Time
+	devs := make([]uint64, 0, len(d.fss))
+	for dev := range d.fss {
+		devs = append(devs, dev)
+	}
+	slices.Sort(devs)
+	for _, dev := range devs {
+		f := d.fss[dev]
+		if f.last.IsZero() || !now.Before(f.last.Add(f.interval)) {
+			f.last = now
+			if s, ok := d.sample(f, now); ok {
+				sigs = append(sigs, s)
+			}
+		}
+		due := f.last.Add(f.interval)
+		if next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	return sigs, next
+}
+
+// sample measures one filesystem and evaluates its targets. d.mu is held
+// (the usage query is one statfs).
+func (d *Disk) sample(f *diskFS, now time.Time) (policy.Signal, bool) {
+	if f.mountpoint == "" {
+		f.mountpoint = diskMountpoint(f.probe, f.dev)
+	}
+	used, total, err := d.usage(f.probe)
+	if err == nil && total == 0 {
+		err = errors.New("filesystem reports a total size of 0")
+	}
+	if err != nil {
+		if !f.errLogged {
+			d.logger.Error("cannot read disk usage", "mountpoint", f.mountpoint, "path", f.probe, "err", err)
+			f.errLogged = true
+		}
+		return policy.Signal{}, false
+	}
+	if f.errLogged {
+		d.logger.Info("disk usage readable again", "mountpoint", f.mountpoint)
+		f.errLogged = false
+	}
+	pct := float64(used) / float64(total) * 100
+	f.percent = pct
+	f.sampled = true
+
+	// History: the last d.history samples, none older than d.history
+	// intervals (a gap in sampling makes old points meaningless).
+	f.samples = append(f.samples, diskSample{now, pct})
+	cutoff := now.Add(-time.Duration(d.history) * f.interval)
+	i := 0
+	for i < len(f.samples)-1 && (len(f.samples)-i > d.history || f.samples[i].at.Before(cutoff)) {
+		i++
+	}
+	f.samples = slices.Delete(f.samples, 0, i)
+	slope, trend := diskTrend(f.samples) // percent per second
+
+	wasPressured := false
+	var pressured []*diskTarget
+	f.predicted = false
+	for _, name := range f.targets {
+		dt := d.targets[name]
+		s := dt.t.Disk
+		if dt.pressured {
+			wasPressured = true
+		}
+		predicted := trend && s.PredictHorizon > 0 && pct < s.HighPercent && slope > 0 &&
+			pct+slope*s.PredictHorizon.Seconds() >= s.HighPercent
+		if predicted {
+			f.predicted = true
+		}
+		switch {
+		case !dt.pressured && (pct >= s.HighPercent || predicted):
+			dt.pressured = true
+			dt.exhausted = false
+		case dt.pressured && pct < s.LowPercent && !predicted:
+			dt.pressured = false
+		}
+		if dt.pressured {
+			pressured = append(pressured, dt)
+		}
+	}
+
+	if len(pressured) == 0 {
+		if wasPressured {
+			d.logger.Info("disk pressure relieved", "mountpoint", f.mountpoint, "used_percent", diskRound1(pct))
+		}
+		f.nothing = false
+		f.status = slices.Clone(f.targets)
+		return policy.Signal{}, false
+	}
+	if !wasPressured {
+		d.logger.Warn("disk pressure", "mountpoint", f.mountpoint, "used_percent", diskRound1(pct),
+			"predicted", f.predicted && pct < pressured[0].t.Disk.HighPercent, "targets", len(pressured))
+	}
+
+	// Reclaimable estimates, most first.
+	var cands []*diskTarget
+	for _, dt := range pressured {
+		size := diskTargetSize(dt.t.Files)
+		dt.reclaimable = diskEstimate(size, dt)
+		if !dt.exhausted && size > 0 {
+			cands = append(cands, dt)
+		}
+	}
+	slices.SortStableFunc(pressured, func(a, b *diskTarget) int { return cmp.Compare(b.reclaimable, a.reclaimable) })
+	slices.SortStableFunc(cands, func(a, b *diskTarget) int { return cmp.Compare(b.reclaimable, a.reclaimable) })
+	f.status = f.status[:0]
+	for _, dt := range pressured {
+		f.status = append(f.status, dt.t.Name)
+	}
+
+	if len(cands) == 0 {
+		if !f.nothing {
+			f.nothing = true
+			d.logger.Error("disk pressure and nothing left to reclaim: compacting the watched targets cannot free more space; free space or change retention",
+				"mountpoint", f.mountpoint, "used_percent", diskRound1(pct), "targets", f.status)
+		}
+		return policy.Signal{}, false
+	}
+	f.nothing = false
+	names := make([]string, len(cands))
+	for i, dt := range cands {
+		names[i] = dt.t.Name
+	}
+	s0 := cands[0].t.Disk
+	reason := fmt.Sprintf("filesystem %s at %.1f%% used (high %g%%, low %g%%)", f.mountpoint, pct, s0.HighPercent, s0.LowPercent)
+	if f.predicted && pct < s0.HighPercent {
+		reason = fmt.Sprintf("filesystem %s at %.1f%% used and rising %.2f%%/min: predicted to reach %g%% within %s",
+			f.mountpoint, pct, slope*60, s0.HighPercent, s0.PredictHorizon)
+	}
+	return policy.Signal{Kind: policy.KindDisk, Targets: names, Urgent: true, Reason: reason, At: now}, true
+}
+
+// diskEstimate is the bytes a compaction of dt would reclaim, for ordering:
+// its size with no report yet; otherwise the fraction its last compaction
+// reclaimed applied to its size, or what it grew since that compaction left
+// it, whichever is more (new records push old ones past count and size
+// limits).
+func diskEstimate(size int64, dt *diskTarget) int64 {
+	if !dt.hasRatio {
+		return size
+	}
+	est := int64(float64(size) * dt.ratio)
+	if dt.after >= 0 && size-dt.after > est {
+		est = size - dt.after
+	}
+	return est
+}
+
+// diskRound1 rounds to one decimal, for logs.
+func diskRound1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
+
+// diskTrend fits a least-squares line to samples and returns its slope in
+// percent per second; ok is false with too few samples.
+func diskTrend(samples []diskSample) (slope float64, ok bool) {
+	n := len(samples)
+	if n < diskMinTrendSamples {
+		return 0, false
+	}
+	t0 := samples[0].at
+	var sx, sy float64
+	for _, s := range samples {
+		sx += s.at.Sub(t0).Seconds()
+		sy += s.percent
+	}
+	mx, my := sx/float64(n), sy/float64(n)
+	var num, den float64
+	for _, s := range samples {
+		dx := s.at.Sub(t0).Seconds() - mx
+		num += dx * (s.percent - my)
+		den += dx * dx
+	}
+	if den == 0 {
+		return 0, false
+	}
+	return num / den, true
+}
+
+// diskTargetSize is the summed size of files; missing files count 0.
+func diskTargetSize(files []string) int64 {
+	var n int64
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+// diskLocate returns the nearest existing directory at or above dir and its
+// device: a target whose directory does not exist yet will be created on
+// that filesystem.
+func diskLocate(dir string) (probe string, dev uint64, err error) {
+	p := filepath.Clean(dir)
+	for {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return "", 0, fmt.Errorf("%s is not a directory", p)
+			}
+			st, ok := fi.Sys().(*syscall.Stat_t)
+			if !ok {
+				return "", 0, fmt.Errorf("stat %s: no device number on this platform", p)
+			}
+			return p, uint64(st.Dev), nil //nolint:unconvert // int32 on some platforms
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", 0, err
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return "", 0, err
+		}
+		p = parent
+	}
+}
+
+// diskMountpoint walks up from dir while the device stays dev and returns
+// the topmost directory: the mountpoint.
+func diskMountpoint(dir string, dev uint64) string {
+	p, err := filepath.Abs(dir)
+	if err != nil {
+		return dir
+	}
+	for {
+		parent := filepath.Dir(p)
+		if parent == p {
+			return p
+		}
+		fi, err := os.Stat(parent)
+		if err != nil {
+			return p
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || uint64(st.Dev) != dev { //nolint:unconvert
+			return p
+		}
+		p = parent
+	}
+}
