@@ -100,7 +100,8 @@ func newDaemon(cfg *Config, warnings []string, log *slog.Logger) (*daemon, error
 	if err := d.openTargets(cfg); err != nil {
 		return nil, err
 	}
-	d.engine = policy.New(policyConfig(cfg), d.ex, log, policyObserver{d.metrics})
+	d.engine = policy.New(policyConfig(cfg), d.ex, log)
+	d.engine.SetObserver(policyObserver{d.metrics})
 	tts := d.triggerTargets(cfg)
 	d.growth = triggers.NewGrowth(tts, log)
 	d.disk = triggers.NewDisk(tts, log)
@@ -238,10 +239,7 @@ func (d *daemon) run(ctx context.Context, configPath string, hup <-chan os.Signa
 
 	trigCtx, stopTriggers := context.WithCancel(context.Background())
 	var trigWG sync.WaitGroup
-	emit := func(s policy.Signal) {
-		d.metrics.Triggered(s.Kind)
-		d.engine.Signal(s)
-	}
+	emit := d.engine.Signal
 	for _, s := range d.sources() {
 		trigWG.Add(1)
 		go func() {
@@ -332,6 +330,7 @@ func (d *daemon) reload(path string) {
 // policyObserver feeds the policy engine's events to the metrics.
 type policyObserver struct{ m *executor.Metrics }
 
+func (o policyObserver) Triggered(kind string)           { o.m.Triggered(kind) }
 func (o policyObserver) Coalesced(target string)         { o.m.Coalesced(target) }
 func (o policyObserver) RateLimited()                    { o.m.RateLimited() }
 func (o policyObserver) Stuck(target string, stuck bool) { o.m.SetStuck(target, stuck) }
