@@ -325,7 +325,7 @@ func (e *Executor) publish(r backends.Report, job Job) {
 		"removed_records", r.RemovedRecords,
 		"before_bytes", nullable(r.BeforeBytes), "after_bytes", nullable(r.AfterBytes),
 		"reclaimed_bytes", nullable(r.ReclaimedBytes),
-		"duration_ms", r.DurationMS, "dry_run", r.DryRun,
+		"started_at", r.StartedAt, "duration_ms", r.DurationMS, "dry_run", r.DryRun,
 	}
 	if job.Reason != "" {
 		attrs = append(attrs, "reason", job.Reason)
