@@ -1,0 +1,670 @@
+package triggers
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/policy"
+)
+
+// NATS is the request/reply trigger of backup and migration pipelines, and
+// the publisher of compaction events. It implements Source.
+//
+// # Subjects
+//
+// Under the prefix P: requests on P.pre-backup, P.pre-migration, P.compact
+// (shared subjects, for the whole fleet) and P.node.<node>.<verb> (this node
+// only); events on P.events.<target>.
+//
+// # Fleets
+//
+// File targets (json, rotating, memory) are node-local; a redis target may
+// be shared by several replicas. On each shared subject a node has a plain
+// subscription, which every node receives, answering for its node-local
+// targets, and — when it has redis targets — a queue subscription, of which
+// one member receives each request, answering for the redis targets. The
+// queue group is SharedQueueGroup plus a hash of the node's redis targets
+// (names and URLs), so nodes configured alike share one group and exactly
+// one of them answers, while a node with other redis targets is in another
+// group and answers for its own. One request on a shared subject thus gets
+// one reply per node that has some of the requested node-local targets plus
+// one reply per group for the redis targets. On the node-scoped subject one
+// subscription answers for all of that node's targets.
+//
+// A handler with nothing to answer for stays silent.
+//
+// # Unknown targets
+//
+// A node refuses as a whole a request that names a target it does not have
+// (in any class): its node-local handler replies ok:false "unknown target
+// NAME (not configured on node N)" with unknown_targets set, on shared and
+// node-scoped subjects alike, and compacts nothing; its shared (queue)
+// handler stays silent and compacts nothing. So, in a fleet configured
+// alike, a typo gets a fast ok:false reply from every node and nothing is
+// compacted. A fleet whose nodes have different targets should address a
+// node by its node-scoped subject, or name no targets (each node then
+// answers for all of its own). Malformed requests (too big, not JSON,
+// unknown fields, a name that looks like a path) are refused the same way:
+// an ok:false reply from each node's node-local handler, silence from the
+// queue handler, nothing compacted.
+type NATS struct {
+	cfg    NATSConfig
+	logger *slog.Logger
+	state  *connState
+	opts   []nats.Option
+	sem    chan struct{}
+
+	mu        sync.RWMutex
+	local     []Target // node-local targets, config order
+	shared    []Target // shared (redis) targets, config order
+	nc        *nats.Conn
+	queueSubs []*nats.Subscription
+	queue     string // current queue group; "" when no shared targets
+	running   bool
+
+	events chan backends.Report
+	wg     sync.WaitGroup
+	stop   context.Context // Run's ctx, for subscriptions made later
+	emitFn Emit            // Run's emit, likewise
+}
+
+// NewNATS checks cfg (subjects, auth and TLS files) and returns the NATS
+// trigger for targets. It does not connect: Run does.
+func NewNATS(cfg NATSConfig, targets []Target, logger *slog.Logger) (*NATS, error) {
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("trigger", "nats")
+	st := newConnState(logger)
+	opts, err := natsOptions(cfg, st)
+	if err != nil {
+		return nil, err
+	}
+	n := &NATS{
+		cfg:    cfg,
+		logger: logger,
+		state:  st,
+		opts:   opts,
+		sem:    make(chan struct{}, cfg.MaxRequests),
+		events: make(chan backends.Report, 256),
+	}
+	n.setTargets(targets)
+	return n, nil
+}
+
+// Node returns this node's name.
+func (n *NATS) Node() string { return n.cfg.Node }
+
+// isShared reports whether t may be shared by several nodes.
+func isShared(t Target) bool { return t.Backend == backends.KindRedis }
+
+func (n *NATS) setTargets(targets []Target) {
+	var local, shared []Target
+	for _, t := range targets {
+		if isShared(t) {
+			shared = append(shared, t)
+		} else {
+			local = append(local, t)
+		}
+	}
+	n.mu.Lock()
+	n.local, n.shared = local, shared
+	n.mu.Unlock()
+}
+
+// queueGroup names the queue group of a set of shared targets: nodes with
+// the same redis targets share it.
+func queueGroup(shared []Target) string {
+	if len(shared) == 0 {
+		return ""
+	}
+	keys := make([]string, len(shared))
+	for i, t := range shared {
+		keys[i] = t.Name + "\x00" + t.RedisURL
+	}
+	sort.Strings(keys)
+	sum := sha256.Sum256([]byte(strings.Join(keys, "\x01")))
+	return SharedQueueGroup + "." + hex.EncodeToString(sum[:6])
+}
+
+// SetTargets replaces the targets (config reload). The queue subscriptions
+// follow the new set of shared targets.
+func (n *NATS) SetTargets(targets []Target) {
+	n.setTargets(targets)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.running {
+		if err := n.subscribeSharedLocked(); err != nil {
+			n.logger.Error("nats: resubscribe shared targets", "err", err)
+		}
+	}
+}
+
+// Observe does nothing: replies travel through Signal.Reply and events
+// through Publish.
+func (n *NATS) Observe(backends.Report) {}
+
+// State reports whether the connection is up and describes it, for
+// readiness and status.
+func (n *NATS) State() (connected bool, detail string) {
+	c, d, _ := n.state.get()
+	return c, d
+}
+
+// stateChanged returns a channel closed at the next change of state.
+func (n *NATS) stateChanged() <-chan struct{} {
+	_, _, ch := n.state.get()
+	return ch
+}
+
+// Publish sends r as an event on <prefix>.events.<target>. It never blocks:
+// when NATS is not connected, or the queue of events is full, the event is
+// dropped with a debug log.
+func (n *NATS) Publish(r backends.Report) {
+	n.mu.RLock()
+	nc, running := n.nc, n.running
+	n.mu.RUnlock()
+	if !running || nc == nil || !nc.IsConnected() {
+		n.logger.Debug("nats event dropped: not connected", "target", r.Target)
+		return
+	}
+	select {
+	case n.events <- r:
+	default:
+		n.logger.Debug("nats event dropped: queue full", "target", r.Target)
+	}
+}
+
+// Run connects (retrying in the background when the server is down: a
+// disconnected NATS stops nothing else), subscribes, and serves requests
+// until ctx is done. It returns nil then, once the requests in progress
+// have replied.
+func (n *NATS) Run(ctx context.Context, emit Emit) error {
+	n.mu.Lock()
+	if n.running || n.nc != nil {
+		n.mu.Unlock()
+		return errors.New("nats trigger: Run called twice")
+	}
+	nc, err := nats.Connect(strings.Join(n.cfg.urls(), ","), n.opts...)
+	if err != nil {
+		n.mu.Unlock()
+		return fmt.Errorf("nats trigger: connect to %s: %w", n.cfg.URL, err)
+	}
+	n.nc, n.running, n.stop = nc, true, ctx
+	var subs []*nats.Subscription
+	subscribe := func(subject, queue string, scope scope) error {
+		handler := func(m *nats.Msg) { n.dispatch(ctx, emit, m, scope) }
+		var sub *nats.Subscription
+		var err error
+		if queue == "" {
+			sub, err = nc.Subscribe(subject, handler)
+		} else {
+			sub, err = nc.QueueSubscribe(subject, queue, handler)
+		}
+		if err != nil {
+			return fmt.Errorf("nats trigger: subscribe %s: %w", subject, err)
+		}
+		subs = append(subs, sub)
+		return nil
+	}
+	for _, verb := range verbs {
+		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, "", verb), "", scopeLocal); err != nil {
+			break
+		}
+		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, n.cfg.Node, verb), "", scopeNode); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		n.emitFn = emit
+		err = n.subscribeSharedLocked()
+	}
+	if err != nil {
+		n.running = false
+		n.mu.Unlock()
+		nc.Close()
+		return err
+	}
+	n.mu.Unlock()
+	n.logger.Info("nats trigger started", "servers", n.cfg.URL, "prefix", n.cfg.SubjectPrefix, "node", n.cfg.Node)
+
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		n.publishEvents(ctx, nc)
+	}()
+
+	<-ctx.Done()
+	n.mu.Lock()
+	n.running = false
+	for _, s := range append(subs, n.queueSubs...) {
+		_ = s.Unsubscribe()
+	}
+	n.queueSubs, n.queue = nil, ""
+	n.mu.Unlock()
+	<-pubDone
+	n.wg.Wait() // requests in progress reply "stopped" at once (ctx is done)
+	n.state.mu.Lock()
+	n.state.closing = true
+	n.state.mu.Unlock()
+	if nc.IsConnected() {
+		_ = nc.FlushTimeout(time.Second)
+	}
+	nc.Close()
+	return nil
+}
+
+// subscribeSharedLocked makes the queue subscriptions match the current
+// shared targets. n.mu is held.
+func (n *NATS) subscribeSharedLocked() error {
+	group := queueGroup(n.shared)
+	if group == n.queue {
+		return nil
+	}
+	for _, s := range n.queueSubs {
+		_ = s.Unsubscribe()
+	}
+	n.queueSubs, n.queue = nil, ""
+	if group == "" {
+		return nil
+	}
+	ctx, emit := n.stop, n.emitFn
+	for _, verb := range verbs {
+		subject := NATSSubject(n.cfg.SubjectPrefix, "", verb)
+		sub, err := n.nc.QueueSubscribe(subject, group, func(m *nats.Msg) { n.dispatch(ctx, emit, m, scopeShared) })
+		if err != nil {
+			return fmt.Errorf("nats trigger: subscribe %s (queue %s): %w", subject, group, err)
+		}
+		n.queueSubs = append(n.queueSubs, sub)
+	}
+	n.queue = group
+	return nil
+}
+
+func (n *NATS) publishEvents(ctx context.Context, nc *nats.Conn) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-n.events:
+			if r.Node == "" {
+				r.Node = n.cfg.Node
+			}
+			data, err := json.Marshal(r)
+			if err != nil {
+				n.logger.Debug("nats event dropped: encode", "target", r.Target, "err", err)
+				continue
+			}
+			if err := nc.Publish(NATSEventSubject(n.cfg.SubjectPrefix, r.Target), data); err != nil {
+				n.logger.Debug("nats event dropped", "target", r.Target, "err", err)
+			}
+		}
+	}
+}
+
+// scope is which targets a subscription answers for.
+type scope int
+
+const (
+	scopeLocal  scope = iota // shared subject, plain subscription: node-local targets
+	scopeShared              // shared subject, queue subscription: shared targets
+	scopeNode                // node-scoped subject: every target of the node
+)
+
+func (s scope) String() string {
+	return [...]string{"local", "shared", "node"}[s]
+}
+
+// verbOf returns the last token of subject.
+func verbOf(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
+}
+
+// dispatch runs on the NATS dispatcher goroutine. It checks the request
+// and answers refusals at once; the wait for reports runs in its own
+// goroutine, within the bound of MaxRequests.
+func (n *NATS) dispatch(ctx context.Context, emit Emit, m *nats.Msg, sc scope) {
+	verb := verbOf(m.Subject)
+	log := n.logger.With("subject", m.Subject, "scope", sc.String())
+	req, targets, refusal := n.prepare(m.Data, sc)
+	if refusal != nil {
+		log.Warn("nats request refused", "err", refusal.Error)
+		if sc != scopeShared {
+			refusal.Request = verb
+			n.respond(m, *refusal)
+		}
+		return
+	}
+	if len(targets) == 0 && sc != scopeNode {
+		return // nothing to answer for here
+	}
+	select {
+	case n.sem <- struct{}{}:
+	default:
+		log.Warn("nats request refused: too many in progress", "limit", n.cfg.MaxRequests)
+		n.respond(m, NATSReply{Request: verb, Error: fmt.Sprintf("node busy: %d requests in progress; nothing compacted, try again later", n.cfg.MaxRequests)})
+		return
+	}
+	n.mu.RLock()
+	running := n.running
+	if running {
+		n.wg.Add(1)
+	}
+	n.mu.RUnlock()
+	if !running {
+		<-n.sem
+		return
+	}
+	go func() {
+		defer n.wg.Done()
+		defer func() { <-n.sem }()
+		n.handle(ctx, emit, m, verb, req, targets, log)
+	}()
+}
+
+// prepare parses a request and selects the targets sc answers for. A
+// non-nil refusal is the reply to send (or, for the shared scope, the
+// reason to stay silent).
+func (n *NATS) prepare(data []byte, sc scope) (NATSRequest, []Target, *NATSReply) {
+	req, err := parseRequest(data, n.cfg.MaxBodyBytes)
+	if err != nil {
+		return req, nil, &NATSReply{Error: err.Error() + "; nothing compacted"}
+	}
+	targets, unknown := n.selection(req.Targets, sc)
+	if len(unknown) > 0 {
+		quoted := make([]string, len(unknown))
+		for i, u := range unknown {
+			quoted[i] = fmt.Sprintf("%q", u)
+		}
+		word := "target"
+		if len(unknown) > 1 {
+			word = "targets"
+		}
+		return req, nil, &NATSReply{
+			Error:          fmt.Sprintf("unknown %s %s (not configured on node %s); nothing compacted", word, strings.Join(quoted, ", "), n.cfg.Node),
+			UnknownTargets: unknown,
+		}
+	}
+	return req, targets, nil
+}
+
+// parseRequest decodes and checks a request body.
+func parseRequest(data []byte, max int) (NATSRequest, error) {
+	var req NATSRequest
+	if len(data) > max {
+		return req, fmt.Errorf("request body is %d bytes, more than the limit of %d", len(data), max)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return req, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("invalid request body: %w (want JSON {\"targets\": [...], \"reason\": \"...\", \"dry_run\": false})", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return req, errors.New("invalid request body: data after the JSON object")
+	}
+	seen := map[string]bool{}
+	names := req.Targets[:0:0]
+	for _, name := range req.Targets {
+		if err := checkTargetName(name); err != nil {
+			return req, err
+		}
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	req.Targets = names
+	return req, nil
+}
+
+// checkTargetName refuses names that cannot be config names: targets are
+// requested by name, never by path.
+func checkTargetName(name string) error {
+	if name == "" {
+		return errors.New("invalid request body: empty target name")
+	}
+	if strings.ContainsAny(name, `/\`) || strings.Contains(name, "..") {
+		return fmt.Errorf("unknown target %q: targets are named by their config name, never by a path", name)
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("unknown target %q: control character in name", name)
+		}
+	}
+	return nil
+}
+
+// selection returns, for one request, the targets this handler answers for
+// and the requested names this node does not have at all.
+func (n *NATS) selection(names []string, sc scope) (sel []Target, unknown []string) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var pool []Target
+	switch sc {
+	case scopeLocal:
+		pool = n.local
+	case scopeShared:
+		pool = n.shared
+	default:
+		pool = append(append([]Target(nil), n.local...), n.shared...)
+	}
+	if len(names) == 0 {
+		return slices.Clone(pool), nil
+	}
+	byName := map[string]Target{}
+	for _, t := range pool {
+		byName[t.Name] = t
+	}
+	known := map[string]bool{}
+	for _, t := range n.local {
+		known[t.Name] = true
+	}
+	for _, t := range n.shared {
+		known[t.Name] = true
+	}
+	for _, name := range names {
+		if t, ok := byName[name]; ok {
+			sel = append(sel, t)
+		} else if !known[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	return sel, unknown
+}
+
+// handle emits the signal of one request, waits for its reports and
+// replies.
+func (n *NATS) handle(ctx context.Context, emit Emit, m *nats.Msg, verb string, req NATSRequest, targets []Target, log *slog.Logger) {
+	reply := NATSReply{Node: n.cfg.Node, Request: verb}
+	reason := "nats " + verb
+	if req.Reason != "" {
+		reason += ": " + req.Reason
+	}
+	col := newCollector(targets, req.DryRun)
+	if len(targets) > 0 {
+		names := make([]string, len(targets))
+		for i, t := range targets {
+			names[i] = t.Name
+		}
+		log.Info("nats request", "targets", names, "dry_run", req.DryRun, "reason", req.Reason)
+		emit(policy.Signal{
+			Kind:    policy.KindNATS,
+			Targets: names,
+			Urgent:  true,
+			Reason:  reason,
+			At:      time.Now(),
+			DryRun:  req.DryRun,
+			Scan:    verb == VerbPreMigration,
+			Reply:   col.add,
+		})
+		timer := time.NewTimer(n.cfg.RequestTimeout)
+		select {
+		case <-col.done:
+		case <-timer.C:
+			col.fail(fmt.Sprintf("no report within %s (request timeout): the compaction did not finish in time", n.cfg.RequestTimeout))
+		case <-ctx.Done():
+			col.fail("the watcher stopped before the compaction finished")
+		}
+		timer.Stop()
+	}
+	reply.Reports = col.reports(n.cfg.Node)
+	reply.Anomalies = []backends.Anomaly{}
+	failed := 0
+	for _, r := range reply.Reports {
+		if r.Error != "" {
+			failed++
+		}
+		reply.Anomalies = append(reply.Anomalies, r.Anomalies...)
+	}
+	var problems []string
+	if failed > 0 {
+		problems = append(problems, fmt.Sprintf("%d of %d targets failed", failed, len(reply.Reports)))
+	}
+	if verb == VerbPreMigration && len(reply.Anomalies) > 0 {
+		problems = append(problems, fmt.Sprintf("%d anomalies remain", len(reply.Anomalies)))
+	}
+	reply.OK = len(problems) == 0
+	reply.Error = strings.Join(problems, "; ")
+	log.Info("nats reply", "ok", reply.OK, "reports", len(reply.Reports), "anomalies", len(reply.Anomalies), "error", reply.Error)
+	n.respond(m, reply)
+}
+
+// respond sends reply to m's reply subject, trimmed to fit the server's
+// payload limit.
+func (n *NATS) respond(m *nats.Msg, reply NATSReply) {
+	if m.Reply == "" {
+		return // published without a reply subject: nobody to answer
+	}
+	if reply.Node == "" {
+		reply.Node = n.cfg.Node
+	}
+	if reply.Reports == nil {
+		reply.Reports = []backends.Report{}
+	}
+	if reply.Anomalies == nil {
+		reply.Anomalies = []backends.Anomaly{}
+	}
+	n.mu.RLock()
+	nc := n.nc
+	n.mu.RUnlock()
+	if nc == nil {
+		return
+	}
+	data := fitReply(reply, int(nc.MaxPayload()))
+	if err := nc.Publish(m.Reply, data); err != nil {
+		n.logger.Warn("nats reply not sent", "subject", m.Subject, "err", err)
+	}
+}
+
+// fitReply encodes reply, dropping per-report anomaly copies and then the
+// tail of the anomaly list while it exceeds max bytes.
+func fitReply(reply NATSReply, max int) []byte {
+	data, _ := json.Marshal(reply)
+	if max <= 0 || len(data) <= max {
+		return data
+	}
+	reports := make([]backends.Report, len(reply.Reports))
+	for i, r := range reply.Reports {
+		r.Anomalies = nil
+		reports[i] = r
+	}
+	reply.Reports = reports
+	all := reply.Anomalies
+	keep := len(all)
+	for {
+		reply.Anomalies = all[:keep]
+		reply.AnomaliesOmitted = len(all) - keep
+		data, _ = json.Marshal(reply)
+		if len(data) <= max || keep == 0 {
+			return data
+		}
+		keep /= 2
+	}
+}
+
+// collector gathers the reports of one request's signal.
+type collector struct {
+	targets []Target
+	dryRun  bool
+	done    chan struct{}
+
+	mu  sync.Mutex
+	got map[string]backends.Report
+}
+
+func newCollector(targets []Target, dryRun bool) *collector {
+	c := &collector{targets: targets, dryRun: dryRun, done: make(chan struct{}), got: map[string]backends.Report{}}
+	if len(targets) == 0 {
+		close(c.done)
+	}
+	return c
+}
+
+// add is the Signal's Reply: it keeps the first report of each requested
+// target and never blocks.
+func (c *collector) add(r backends.Report) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, dup := c.got[r.Target]; dup || len(c.got) == len(c.targets) {
+		return
+	}
+	if !slices.ContainsFunc(c.targets, func(t Target) bool { return t.Name == r.Target }) {
+		return
+	}
+	c.got[r.Target] = r
+	if len(c.got) == len(c.targets) {
+		close(c.done)
+	}
+}
+
+// fail fills the missing reports with errors.
+func (c *collector) fail(msg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.got) == len(c.targets) {
+		return
+	}
+	for _, t := range c.targets {
+		if _, ok := c.got[t.Name]; !ok {
+			c.got[t.Name] = backends.Report{Target: t.Name, Backend: t.Backend, Trigger: policy.KindNATS, DryRun: c.dryRun, Error: msg}
+		}
+	}
+	close(c.done)
+}
+
+// reports returns the reports in the order of the targets.
+func (c *collector) reports(node string) []backends.Report {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]backends.Report, 0, len(c.targets))
+	for _, t := range c.targets {
+		r, ok := c.got[t.Name]
+		if !ok {
+			r = backends.Report{Target: t.Name, Backend: t.Backend, Trigger: policy.KindNATS, DryRun: c.dryRun, Error: "no report"}
+		}
+		if r.Node == "" {
+			r.Node = node
+		}
+		out = append(out, r)
+	}
+	return out
+}

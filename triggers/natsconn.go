@@ -1,0 +1,557 @@
+package triggers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/papyra/watcher/backends"
+)
+
+// NATS request verbs: the last token of a request subject.
+const (
+	VerbPreBackup    = "pre-backup"
+	VerbPreMigration = "pre-migration"
+	VerbCompact      = "compact"
+)
+
+// Defaults of NATSConfig.
+const (
+	DefaultNATSURL            = "nats://127.0.0.1:4222"
+	DefaultSubjectPrefix      = "papyra.compaction"
+	DefaultMaxBodyBytes       = 64 << 10
+	DefaultNATSRequestTimeout = 10 * time.Minute
+	DefaultNATSMaxRequests    = 8
+	// SharedQueueGroup is the stem of the queue group the shared (redis)
+	// targets are answered from; see NATS.
+	SharedQueueGroup = "papyra-watcher-shared"
+)
+
+// Errors of the NATS client side.
+var (
+	// ErrNoReply is returned by SendRequest when no reply came in time.
+	ErrNoReply = errors.New("no reply")
+	// ErrMissingReplies is returned by SendRequest when fewer replies than
+	// expected came in time; the replies that came are returned with it.
+	ErrMissingReplies = errors.New("missing replies")
+	// ErrNoResponders is returned by SendRequest when nothing at all
+	// listens on the subject.
+	ErrNoResponders = errors.New("no watcher listens on the subject")
+	// ErrNATSConfig is wrapped by the errors of an invalid NATSConfig.
+	ErrNATSConfig = errors.New("invalid nats config")
+)
+
+var verbs = []string{VerbPreBackup, VerbPreMigration, VerbCompact}
+
+// ValidVerb reports whether v is a request verb.
+func ValidVerb(v string) bool {
+	for _, x := range verbs {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// NATSConfig is the [nats] table plus the node name.
+type NATSConfig struct {
+	// URL is one server URL or several separated by commas. Empty means
+	// DefaultNATSURL.
+	URL string
+	// SubjectPrefix is the first tokens of every subject (default
+	// "papyra.compaction").
+	SubjectPrefix string
+	// Node is this node's name (node-scoped subjects, the "node" of
+	// replies). Empty means the host name.
+	Node string
+
+	// Authentication: at most one of Token, User/Password, CredsFile,
+	// NKeySeedFile.
+	User, Password string
+	Token          string
+	CredsFile      string
+	NKeySeedFile   string
+	// TLS: TLSCA is the PEM file of the CAs that sign the server
+	// certificate; TLSCert and TLSKey a client certificate (both or none).
+	TLSCA, TLSCert, TLSKey string
+
+	// MaxBodyBytes is the largest request body accepted (default 64 KiB).
+	MaxBodyBytes int
+	// RequestTimeout bounds how long one request waits for its reports
+	// (default 10 minutes); missing reports are then replied as errors.
+	RequestTimeout time.Duration
+	// MaxRequests bounds the requests handled at once on this node
+	// (default 8); more are refused with ok:false.
+	MaxRequests int
+	// ReconnectWait and ReconnectMaxWait bound the reconnect backoff
+	// (defaults 250ms and 30s).
+	ReconnectWait, ReconnectMaxWait time.Duration
+}
+
+func (c NATSConfig) withDefaults() NATSConfig {
+	if strings.TrimSpace(c.URL) == "" {
+		c.URL = DefaultNATSURL
+	}
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if c.Node == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Node = h
+		}
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultNATSRequestTimeout
+	}
+	if c.MaxRequests <= 0 {
+		c.MaxRequests = DefaultNATSMaxRequests
+	}
+	if c.ReconnectWait <= 0 {
+		c.ReconnectWait = 250 * time.Millisecond
+	}
+	if c.ReconnectMaxWait <= 0 {
+		c.ReconnectMaxWait = 30 * time.Second
+	}
+	if c.ReconnectMaxWait < c.ReconnectWait {
+		c.ReconnectMaxWait = c.ReconnectWait
+	}
+	return c
+}
+
+// urls returns the server URLs, trimmed.
+func (c NATSConfig) urls() []string {
+	var out []string
+	for _, u := range strings.Split(c.URL, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// validToken reports whether s can be used as one or more tokens of a
+// subject: no whitespace, no wildcards, no empty token.
+func validSubjectPart(s string) bool {
+	if s == "" || strings.ContainsAny(s, " \t\r\n*>") {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if tok == "" {
+			return false
+		}
+	}
+	return true
+}
+
+func (c NATSConfig) validate() error {
+	if !validSubjectPart(c.SubjectPrefix) {
+		return fmt.Errorf("%w: subject_prefix %q: want dot-separated tokens without spaces or wildcards", ErrNATSConfig, c.SubjectPrefix)
+	}
+	if c.Node == "" {
+		return fmt.Errorf("%w: node name is empty and the host name is unknown", ErrNATSConfig)
+	}
+	if !validSubjectPart(c.Node) {
+		return fmt.Errorf("%w: node %q cannot be part of a NATS subject (no spaces, '*' or '>')", ErrNATSConfig, c.Node)
+	}
+	if len(c.urls()) == 0 {
+		return fmt.Errorf("%w: url is empty", ErrNATSConfig)
+	}
+	auth := 0
+	for _, set := range []bool{c.Token != "", c.User != "", c.CredsFile != "", c.NKeySeedFile != ""} {
+		if set {
+			auth++
+		}
+	}
+	if auth > 1 {
+		return fmt.Errorf("%w: set only one of token, user/password, creds_file, nkey_seed_file", ErrNATSConfig)
+	}
+	if c.Password != "" && c.User == "" {
+		return fmt.Errorf("%w: password without user", ErrNATSConfig)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%w: tls_cert and tls_key go together", ErrNATSConfig)
+	}
+	for _, f := range []struct{ key, path string }{
+		{"creds_file", c.CredsFile}, {"nkey_seed_file", c.NKeySeedFile},
+		{"tls_ca", c.TLSCA}, {"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		fh, err := os.Open(f.path)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrNATSConfig, f.key, err)
+		}
+		fh.Close()
+	}
+	return nil
+}
+
+// NATSOptions returns the nats.go options for a long-running connection
+// described by cfg: authentication, TLS, a name, and reconnection forever
+// with exponential backoff (ReconnectWait doubling up to ReconnectMaxWait,
+// with jitter), also when the first connection fails. Changes of state are
+// logged once each (connected, disconnected with the reason, reconnected,
+// closed, and a connection error only when it differs from the last one),
+// never once per retry. Files named by cfg are checked now.
+func NATSOptions(cfg NATSConfig, logger *slog.Logger) ([]nats.Option, error) {
+	return natsOptions(cfg.withDefaults(), newConnState(logger))
+}
+
+func natsOptions(cfg NATSConfig, st *connState) ([]nats.Option, error) {
+	opts, err := natsAuthOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	minWait, maxWait := cfg.ReconnectWait, cfg.ReconnectMaxWait
+	opts = append(opts,
+		nats.Name("papyra-watcher "+cfg.Node),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		// Credentials fixed on the server are picked up without a restart.
+		nats.IgnoreAuthErrorAbort(),
+		nats.CustomReconnectDelay(func(attempts int) time.Duration {
+			return backoff(attempts, minWait, maxWait)
+		}),
+		// Nothing is buffered while disconnected: events are dropped and a
+		// reply that cannot be sent fails at once.
+		nats.ReconnectBufSize(-1),
+		nats.PingInterval(20*time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.ConnectHandler(st.onConnect),
+		nats.ReconnectHandler(st.onReconnect),
+		nats.DisconnectErrHandler(st.onDisconnect),
+		nats.ReconnectErrHandler(st.onConnectError),
+		nats.ClosedHandler(st.onClose),
+		nats.ErrorHandler(st.onAsyncError),
+	)
+	return opts, nil
+}
+
+// natsAuthOptions returns the authentication and TLS options of cfg.
+func natsAuthOptions(cfg NATSConfig) ([]nats.Option, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	var opts []nats.Option
+	switch {
+	case cfg.Token != "":
+		opts = append(opts, nats.Token(cfg.Token))
+	case cfg.User != "":
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	case cfg.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	case cfg.NKeySeedFile != "":
+		o, err := nats.NkeyOptionFromSeed(cfg.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: nkey_seed_file %s: %w", ErrNATSConfig, cfg.NKeySeedFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	}
+	if cfg.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	}
+	// Apply them once to catch unreadable or invalid PEM files now.
+	o := nats.GetDefaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNATSConfig, err)
+		}
+	}
+	return opts, nil
+}
+
+// backoff is the delay before reconnect attempt number attempts (from 1):
+// min doubled per attempt up to max, plus up to 20% jitter.
+func backoff(attempts int, min, max time.Duration) time.Duration {
+	d := min
+	for i := 1; i < attempts && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+// ConnectNATS opens a short-lived client connection, as `watcher request`
+// uses: authentication and TLS from cfg, no retry when the server cannot be
+// reached (the error names the URL), and no reconnection.
+func ConnectNATS(cfg NATSConfig, timeout time.Duration) (*nats.Conn, error) {
+	cfg = cfg.withDefaults()
+	opts, err := natsAuthOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	opts = append(opts, nats.Name("papyra-watcher request"), nats.Timeout(timeout), nats.NoReconnect())
+	nc, err := nats.Connect(strings.Join(cfg.urls(), ","), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.URL, err)
+	}
+	return nc, nil
+}
+
+// connState follows a connection's state for NATS.State and logs each
+// change once.
+type connState struct {
+	logger *slog.Logger
+
+	mu        sync.Mutex
+	connected bool
+	detail    string
+	lastErr   string // last connection error logged, to log each only once
+	closing   bool
+	changed   chan struct{} // closed and replaced on every change
+}
+
+func newConnState(logger *slog.Logger) *connState {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &connState{logger: logger, detail: "not started", changed: make(chan struct{})}
+}
+
+// set records a state; callers hold no lock.
+func (s *connState) set(connected bool, detail string) {
+	s.mu.Lock()
+	s.connected, s.detail = connected, detail
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *connState) get() (bool, string, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.connected, s.detail, s.changed
+}
+
+func (s *connState) onConnect(nc *nats.Conn) {
+	url := nc.ConnectedUrlRedacted()
+	s.mu.Lock()
+	s.lastErr = ""
+	s.mu.Unlock()
+	s.logger.Info("nats connected", "url", url)
+	s.set(true, "connected to "+url)
+}
+
+func (s *connState) onReconnect(nc *nats.Conn) {
+	url := nc.ConnectedUrlRedacted()
+	s.mu.Lock()
+	s.lastErr = ""
+	s.mu.Unlock()
+	s.logger.Info("nats reconnected", "url", url)
+	s.set(true, "connected to "+url)
+}
+
+func (s *connState) onDisconnect(nc *nats.Conn, err error) {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return
+	}
+	reason := "connection lost"
+	if err != nil {
+		reason = err.Error()
+	}
+	s.logger.Warn("nats disconnected; reconnecting in the background", "reason", reason)
+	s.set(false, "disconnected: "+reason+"; reconnecting")
+}
+
+// onConnectError is called when a connection attempt fails. Only an error
+// different from the previous one is logged.
+func (s *connState) onConnectError(nc *nats.Conn, err error) {
+	if err == nil {
+		return
+	}
+	msg := err.Error()
+	s.mu.Lock()
+	fresh := msg != s.lastErr
+	s.lastErr = msg
+	s.mu.Unlock()
+	if fresh {
+		s.logger.Warn("nats cannot connect; retrying in the background", "servers", strings.Join(nc.Servers(), ","), "err", msg)
+	}
+	s.set(false, "cannot connect: "+msg+"; retrying")
+}
+
+func (s *connState) onClose(nc *nats.Conn) {
+	detail := "closed"
+	if err := nc.LastError(); err != nil {
+		detail = "closed: " + err.Error()
+	}
+	s.logger.Info("nats connection closed")
+	s.set(false, detail)
+}
+
+func (s *connState) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	if err == nil {
+		return
+	}
+	msg := err.Error()
+	s.mu.Lock()
+	fresh := msg != s.lastErr
+	s.lastErr = msg
+	connected := s.connected
+	s.mu.Unlock()
+	if !fresh {
+		return
+	}
+	subject := ""
+	if sub != nil {
+		subject = sub.Subject
+	}
+	s.logger.Warn("nats error", "subject", subject, "err", msg)
+	if !connected {
+		s.set(false, "cannot connect: "+msg+"; retrying")
+	}
+}
+
+// NATSRequest is the body of a request.
+type NATSRequest struct {
+	// Targets are config names; none means every target the answering node
+	// has.
+	Targets []string `json:"targets,omitempty"`
+	// Reason is free text passed on to logs and reports.
+	Reason string `json:"reason,omitempty"`
+	// DryRun asks for reports without changes.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// NATSReply is the body of a reply: one node's answer for the targets it
+// handled.
+type NATSReply struct {
+	Node    string            `json:"node"`
+	Request string            `json:"request"`
+	OK      bool              `json:"ok"`
+	Reports []backends.Report `json:"reports"`
+	// Anomalies is the union of the reports' anomalies (pre-migration).
+	Anomalies []backends.Anomaly `json:"anomalies"`
+	// AnomaliesOmitted counts anomalies left out to keep the reply under
+	// the server's payload limit.
+	AnomaliesOmitted int `json:"anomalies_omitted,omitempty"`
+	// UnknownTargets are requested names this node does not have.
+	UnknownTargets []string `json:"unknown_targets,omitempty"`
+	Error          string   `json:"error"`
+}
+
+// NATSSubject returns the request subject of verb: prefix.verb, or
+// prefix.node.<node>.verb when node is not empty.
+func NATSSubject(prefix, node, verb string) string {
+	if prefix == "" {
+		prefix = DefaultSubjectPrefix
+	}
+	if node != "" {
+		return prefix + ".node." + node + "." + verb
+	}
+	return prefix + "." + verb
+}
+
+// NATSEventSubject returns the subject the reports of target are published
+// on: prefix.events.<target>, with characters that cannot be in a subject
+// token (whitespace, '.', '*', '>') replaced by '_'.
+func NATSEventSubject(prefix, target string) string {
+	if prefix == "" {
+		prefix = DefaultSubjectPrefix
+	}
+	tok := strings.Map(func(r rune) rune {
+		switch r {
+		case ' ', '\t', '\r', '\n', '.', '*', '>':
+			return '_'
+		}
+		return r
+	}, target)
+	if tok == "" {
+		tok = "_"
+	}
+	return prefix + ".events." + tok
+}
+
+// SendRequest publishes body on subject with a new inbox and gathers the
+// replies until expect have come or timeout has passed. With expect <= 0 it
+// returns once the first reply has come and no other one followed within a
+// short grace (ReplyGrace): enough for one node, use expect for fleets.
+//
+// A reply that is not valid JSON is returned as a NATSReply with OK false
+// and the decoding error. Errors: ErrNoResponders when nothing listens on
+// subject, ErrNoReply when no reply came in time, ErrMissingReplies (with
+// the replies that came) when fewer than expect came, or ctx's error.
+func SendRequest(ctx context.Context, nc *nats.Conn, subject string, body []byte, expect int, timeout time.Duration) ([]NATSReply, error) {
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to reply inbox: %w", err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest(subject, inbox, body); err != nil {
+		return nil, fmt.Errorf("publish request on %s: %w", subject, err)
+	}
+	if err := nc.Flush(); err != nil {
+		return nil, fmt.Errorf("publish request on %s: %w", subject, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	parent := ctx
+	var replies []NATSReply
+	for expect <= 0 || len(replies) < expect {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			switch {
+			case errors.Is(err, nats.ErrNoResponders):
+				return nil, fmt.Errorf("%w %s", ErrNoResponders, subject)
+			case ctx.Err() != nil && parent.Err() == nil:
+				// The grace after the first reply ran out (expect <= 0).
+				return replies, nil
+			case errors.Is(parent.Err(), context.DeadlineExceeded):
+				if len(replies) == 0 {
+					return nil, fmt.Errorf("%w within %s from %s", ErrNoReply, timeout, subject)
+				}
+				if expect > 0 {
+					return replies, fmt.Errorf("%w: %d of %d within %s from %s", ErrMissingReplies, len(replies), expect, timeout, subject)
+				}
+				return replies, nil
+			default:
+				return replies, fmt.Errorf("wait for replies on %s: %w", subject, err)
+			}
+		}
+		replies = append(replies, decodeReply(msg.Data))
+		if expect <= 0 {
+			// Keep listening a little for other nodes as fast as this one.
+			var graceCancel context.CancelFunc
+			ctx, graceCancel = context.WithTimeout(parent, ReplyGrace)
+			defer graceCancel()
+		}
+	}
+	return replies, nil
+}
+
+// ReplyGrace is how long SendRequest without expect waits for more replies
+// after the last one.
+var ReplyGrace = 500 * time.Millisecond
+
+func decodeReply(data []byte) NATSReply {
+	var r NATSReply
+	if err := json.Unmarshal(data, &r); err != nil {
+		return NATSReply{Node: "?", Error: fmt.Sprintf("invalid reply (%d bytes): %v", len(data), err)}
+	}
+	return r
+}
