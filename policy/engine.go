@@ -489,31 +489,25 @@ func (e *Engine) Update(cfg Config) {
 	e.wake()
 }
 
-// tokenWait returns how long until the bucket holds a token; 0 if it holds
-// one now. e.mu must be held.
-func (e *Engine) tokenWait(now time.Time) time.Duration {
+// tokenWait returns how long until the bucket holds n tokens; 0 if it holds
+// them now. e.mu must be held.
+func (e *Engine) tokenWait(now time.Time, n int) time.Duration {
 	if e.limiter == nil {
 		return 0
 	}
 	const epsilon = 1e-9 // float rounding of the bucket's arithmetic
 	tok := e.limiter.TokensAt(now)
-	if tok >= 1-epsilon {
+	if tok >= float64(n)-epsilon {
 		return 0
 	}
-	d := time.Duration(math.Round((1 - tok) / float64(e.limitCfg) * float64(time.Second)))
+	d := time.Duration(math.Round((float64(n) - tok) / float64(e.limitCfg) * float64(time.Second)))
 	return max(d, time.Nanosecond)
 }
 
-// scheduleLocked starts every run that may start now and returns when the
-// loop must look again (zero: only when something changes).
-func (e *Engine) scheduleLocked(now time.Time) time.Time {
-	var next time.Time
-	later := func(t time.Time) {
-		if next.IsZero() || t.Before(next) {
-			next = t
-		}
-	}
-	var due []plan
+// plansLocked returns the pending runs of targets not running that are due
+// at now, in the order they should start, and the earliest due time of the
+// others (zero if none).
+func (e *Engine) plansLocked(now time.Time) (due []plan, next time.Time) {
 	for _, t := range e.targets {
 		if t.run != nil || t.removed {
 			continue
@@ -527,13 +521,27 @@ func (e *Engine) scheduleLocked(now time.Time) time.Time {
 			}
 			pl := t.plan(c.p, c.dry)
 			if pl.due.After(now) {
-				later(pl.due)
+				if next.IsZero() || pl.due.Before(next) {
+					next = pl.due
+				}
 				continue
 			}
 			due = append(due, pl)
 		}
 	}
 	slices.SortFunc(due, plan.compare)
+	return due, next
+}
+
+// scheduleLocked starts every run that may start now and returns when the
+// loop must look again (zero: only when something changes).
+func (e *Engine) scheduleLocked(now time.Time) time.Time {
+	due, next := e.plansLocked(now)
+	later := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
 	for _, pl := range due {
 		if e.active >= e.maxConcurrent {
 			break // a finishing job wakes the loop
@@ -542,7 +550,7 @@ func (e *Engine) scheduleLocked(now time.Time) time.Time {
 			continue // its other pending run started in this pass
 		}
 		if !pl.p.urgent {
-			if w := e.tokenWait(now); w > 0 {
+			if w := e.tokenWait(now, 1); w > 0 {
 				if !pl.p.rateNoted {
 					pl.p.rateNoted = true
 					e.rateLimited()
@@ -551,7 +559,9 @@ func (e *Engine) scheduleLocked(now time.Time) time.Time {
 				later(now.Add(w))
 				continue
 			}
-			e.limiter.ReserveN(now, 1)
+			if e.limiter != nil {
+				e.limiter.ReserveN(now, 1)
+			}
 		}
 		e.startLocked(pl, now)
 	}

@@ -59,6 +59,31 @@ func (e *Engine) Status() []TargetStatus {
 	now := time.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+
+	// The due runs, in the order the loop will start them: each routine one
+	// needs its own token, so the k-th waits for k tokens.
+	type queued struct {
+		state   string
+		until   time.Time
+		nextDue time.Time
+	}
+	due, _ := e.plansLocked(now)
+	queue := make(map[*target]queued, len(due))
+	tokens := 0
+	for _, pl := range due {
+		if _, ok := queue[pl.t]; ok {
+			continue
+		}
+		q := queued{state: StateWaitingForSlot, nextDue: pl.due}
+		if !pl.p.urgent {
+			tokens++
+			if w := e.tokenWait(now, tokens); w > 0 {
+				q = queued{state: StateRateLimited, until: now.Add(w), nextDue: now.Add(w)}
+			}
+		}
+		queue[pl.t] = q
+	}
+
 	out := make([]TargetStatus, 0, len(e.targets))
 	for _, t := range e.targets {
 		if t.removed {
@@ -78,29 +103,20 @@ func (e *Engine) Status() []TargetStatus {
 				st.PendingSignals += p.signals
 			}
 		}
-		pl, pendingRun := t.next()
-		switch {
-		case t.run != nil:
+		if t.run != nil {
 			st.State, st.RunningSince = StateRunning, t.run.started
-		case !pendingRun:
-			st.State = StateIdle
-		case pl.due.After(now):
+		} else if q, ok := queue[t]; ok {
+			st.State, st.Until, st.NextDue = q.state, q.until, q.nextDue
+		} else if pl, ok := t.next(); ok {
 			st.State, st.Until, st.NextDue = pl.state, pl.due, pl.due
 			if !pl.p.urgent {
-				// Also account for the bucket as it will be then.
-				if w := e.tokenWait(pl.due); w > 0 {
+				// The bucket as it will be then, if nothing else takes a token.
+				if w := e.tokenWait(pl.due, 1); w > 0 {
 					st.NextDue = pl.due.Add(w)
 				}
 			}
-		case e.active >= e.maxConcurrent:
-			st.State, st.NextDue = StateWaitingForSlot, pl.due
-		default:
-			st.State, st.NextDue = StateWaitingForSlot, pl.due
-			if !pl.p.urgent {
-				if w := e.tokenWait(now); w > 0 {
-					st.State, st.Until, st.NextDue = StateRateLimited, now.Add(w), now.Add(w)
-				}
-			}
+		} else {
+			st.State = StateIdle
 		}
 		out = append(out, st)
 	}
