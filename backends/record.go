@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // LineInfo is what the classifier learned about one stored line.
@@ -27,47 +28,62 @@ type LineInfo struct {
 // numbers. When a key repeats, the last value wins, as in Python. A nested
 // "timestamp" (inside payload) is not the record's timestamp.
 func ClassifyLine(line []byte) LineInfo {
-	line = pyStrip(line)
-	if len(line) == 0 || line[0] != '{' {
-		return LineInfo{}
-	}
-	p := parser{b: line}
-	info, ok := p.topObject()
-	if !ok {
-		return LineInfo{}
-	}
-	p.ws()
-	if p.i != len(p.b) {
-		return LineInfo{}
-	}
-	info.Record = true
+	info, _ := classifyLine(line)
 	return info
 }
 
-// pyStrip trims what Python's str.strip() trims at the ends of an ASCII or
-// UTF-8 line (the ASCII whitespace and separators, NEL and NBSP).
+// classifyLine is ClassifyLine that also returns the raw JSON text of the
+// record's top-level "kind" value (nil when absent), a slice of line.
+func classifyLine(line []byte) (LineInfo, []byte) {
+	line = pyStrip(line)
+	if len(line) == 0 || line[0] != '{' {
+		return LineInfo{}, nil
+	}
+	p := parser{b: line}
+	info, kind, ok := p.topObject()
+	if !ok {
+		return LineInfo{}, nil
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return LineInfo{}, nil
+	}
+	info.Record = true
+	return info, kind
+}
+
+// pyStrip trims what Python's str.strip() trims at the ends of a UTF-8
+// line: the characters for which str.isspace() is true (ASCII whitespace and
+// separators 0x1c-0x1f, NEL, NBSP, and the Unicode spaces and separators).
 func pyStrip(b []byte) []byte {
 	for len(b) > 0 {
 		if isPySpace(b[0]) {
 			b = b[1:]
 			continue
 		}
-		if len(b) >= 2 && b[0] == 0xc2 && (b[1] == 0x85 || b[1] == 0xa0) {
-			b = b[2:]
-			continue
+		if b[0] < 0x80 {
+			break
 		}
-		break
+		r, n := utf8.DecodeRune(b)
+		if !isPyUnicodeSpace(r) {
+			break
+		}
+		b = b[n:]
 	}
 	for len(b) > 0 {
-		if isPySpace(b[len(b)-1]) {
+		c := b[len(b)-1]
+		if isPySpace(c) {
 			b = b[:len(b)-1]
 			continue
 		}
-		if len(b) >= 2 && b[len(b)-2] == 0xc2 && (b[len(b)-1] == 0x85 || b[len(b)-1] == 0xa0) {
-			b = b[:len(b)-2]
-			continue
+		if c < 0x80 {
+			break
 		}
-		break
+		r, n := utf8.DecodeLastRune(b)
+		if !isPyUnicodeSpace(r) {
+			break
+		}
+		b = b[:len(b)-n]
 	}
 	return b
 }
@@ -75,6 +91,17 @@ func pyStrip(b []byte) []byte {
 func isPySpace(c byte) bool {
 	switch c {
 	case ' ', '\t', '\n', '\r', 0x0b, 0x0c, 0x1c, 0x1d, 0x1e, 0x1f:
+		return true
+	}
+	return false
+}
+
+// isPyUnicodeSpace reports whether Python's str.isspace() is true for the
+// non-ASCII rune r.
+func isPyUnicodeSpace(r rune) bool {
+	switch {
+	case r == 0x85, r == 0xa0, r == 0x1680, r >= 0x2000 && r <= 0x200a,
+		r == 0x2028, r == 0x2029, r == 0x202f, r == 0x205f, r == 0x3000:
 		return true
 	}
 	return false
@@ -98,50 +125,56 @@ func (p *parser) ws() {
 	}
 }
 
-var timestampKey = []byte("timestamp")
+var (
+	timestampKey = []byte("timestamp")
+	kindKey      = []byte("kind")
+)
 
-// topObject scans the top-level object and remembers its last "timestamp".
-func (p *parser) topObject() (LineInfo, bool) {
-	var info LineInfo
+// topObject scans the top-level object and remembers its last "timestamp"
+// and the raw text of its last "kind".
+func (p *parser) topObject() (info LineInfo, kind []byte, ok bool) {
 	p.i++ // '{'
 	p.ws()
 	if p.i < len(p.b) && p.b[p.i] == '}' {
 		p.i++
-		return info, true
+		return info, nil, true
 	}
 	for {
 		p.ws()
 		start := p.i
 		escaped, ok := p.str()
 		if !ok {
-			return info, false
+			return info, nil, false
 		}
 		isTS := keyIs(p.b[start:p.i], escaped, timestampKey)
+		isKind := !isTS && keyIs(p.b[start:p.i], escaped, kindKey)
 		p.ws()
 		if p.i >= len(p.b) || p.b[p.i] != ':' {
-			return info, false
+			return info, nil, false
 		}
 		p.i++
 		p.ws()
 		vstart := p.i
 		if !p.value(0) {
-			return info, false
+			return info, nil, false
 		}
 		if isTS {
 			info.HasTimestamp, info.Timestamp = numberValue(p.b[vstart:p.i])
+		} else if isKind {
+			kind = p.b[vstart:p.i]
 		}
 		p.ws()
 		if p.i >= len(p.b) {
-			return info, false
+			return info, nil, false
 		}
 		switch p.b[p.i] {
 		case ',':
 			p.i++
 		case '}':
 			p.i++
-			return info, true
+			return info, kind, true
 		default:
-			return info, false
+			return info, nil, false
 		}
 	}
 }

@@ -1,0 +1,30 @@
+package backends
+
+import "context"
+
+// memoryNote is the note of every memory compaction report.
+const memoryNote = "memory backend lives inside the Papyra process: nothing to compact"
+
+// memory is a target of backend "memory": Papyra's in-process store, which
+// nothing outside the process can reach. Every operation is a no-op.
+type memory struct{ name string }
+
+// NewMemory returns the backend of a memory target named name. Its Compact
+// changes nothing and returns a report with a note saying so.
+func NewMemory(name string) Backend { return memory{name: name} }
+
+func (m memory) Kind() string { return KindMemory }
+
+func (m memory) Compact(ctx context.Context, opts CompactOptions) (Report, error) {
+	r := Report{Target: m.name, Backend: KindMemory, DryRun: opts.DryRun, Notes: []string{memoryNote}}
+	r.Finish()
+	return r, nil
+}
+
+func (m memory) Stat(ctx context.Context) (Stat, error) { return Stat{Bytes: -1}, nil }
+
+func (m memory) Scan(ctx context.Context) ([]Anomaly, error) { return nil, nil }
+
+func (m memory) Recover(ctx context.Context) error { return nil }
+
+func (m memory) Close() error { return nil }
