@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -640,10 +641,19 @@ func (e *Engine) finishLocked(t *target, run *activeRun, rep backends.Report, no
 	if t.real == nil {
 		e.seq++
 		t.real = &pending{first: now, last: now, seq: e.seq, retry: true,
-			trigger: run.job.Trigger, reason: run.job.Reason, scan: run.job.Scan}
+			trigger: run.job.Trigger, reason: retryReason(run.job.Reason), scan: run.job.Scan}
 	}
 	e.log.Info("compaction failed; will retry", "target", t.name, "failures", t.failures,
 		"error", rep.Error, "skipped", rep.Skipped, "retry_at", now.Add(t.set.backoff(t.failures)))
+}
+
+// retryReason is the Job.Reason of an automatic retry.
+func retryReason(reason string) string {
+	const prefix = "retry after failure"
+	if reason == "" || strings.HasPrefix(reason, prefix) {
+		return prefix
+	}
+	return prefix + ": " + reason
 }
 
 // Run is the engine's loop: it starts compactions as they fall due. It

@@ -340,7 +340,7 @@ func TestCooldownFromEnd(t *testing.T) {
 
 func TestSingleFlightCoalescesIntoOneFollowUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := start(t, oneTarget("a", TargetSettings{}), s(10))
+		h := start(t, Config{MaxConcurrent: 5, Targets: map[string]TargetSettings{"a": {}}}, s(10))
 		defer h.stop()
 		h.signal(KindGrowth, false, "a")
 		for i := 1; i <= 9; i++ {
@@ -397,10 +397,11 @@ func TestRateLimitAndBurst(t *testing.T) {
 
 func TestUrgentBypassesDebounceCooldownBucketNotSingleFlightOrCap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		cfg := Config{MaxConcurrent: 1, Rate: 60, Burst: 1, Targets: map[string]TargetSettings{
+		cfg := Config{MaxConcurrent: 2, Rate: 60, Burst: 1, Targets: map[string]TargetSettings{
 			"a": {Debounce: s(5), Cooldown: s(30)},
 			"b": {Debounce: s(5)},
-			"c": {},
+			"c": {Debounce: s(5)},
+			"d": {},
 		}}
 		h := start(t, cfg, s(5))
 		defer h.stop()
@@ -416,22 +417,26 @@ func TestUrgentBypassesDebounceCooldownBucketNotSingleFlightOrCap(t *testing.T) 
 		h.at(s(17))
 		h.wantStarts("a", s(5), s(12), s(17))
 		h.at(s(20))
-		h.signal(KindDisk, true, "b") // cap of 1: waits for a's end at 22
-		h.wantState("b", StateWaitingForSlot, -1)
+		h.signal(KindDisk, true, "b", "c") // one slot left: c waits for a's end at 22
+		h.wantStarts("b", s(20))
+		h.wantState("c", StateWaitingForSlot, -1)
 		h.at(s(22))
-		h.wantStarts("b", s(22))
+		h.wantStarts("c", s(22))
 		// Urgent runs took no token: the one taken at 5s is back at 65s.
 		h.at(s(64))
-		h.signal(KindGrowth, false, "c")
-		h.wantState("c", StateRateLimited, s(65))
+		h.signal(KindGrowth, false, "d")
+		h.wantState("d", StateRateLimited, s(65))
 		h.at(s(65))
-		h.wantStarts("c", s(65))
+		h.wantStarts("d", s(65))
 		jobs := h.r.allJobs()
+		if len(jobs) != 6 {
+			t.Fatalf("%d jobs, want 6: %+v", len(jobs), jobs)
+		}
 		if jobs[1].Trigger != KindDisk || jobs[2].Trigger != KindNATS {
 			t.Errorf("triggers %q %q, want disk nats", jobs[1].Trigger, jobs[2].Trigger)
 		}
-		if h.r.maxTotal != 1 {
-			t.Errorf("max concurrent = %d, want 1", h.r.maxTotal)
+		if h.r.maxTotal != 2 {
+			t.Errorf("max concurrent = %d, want 2", h.r.maxTotal)
 		}
 	})
 }
@@ -494,6 +499,10 @@ func TestBackoffStuckAndRecovery(t *testing.T) {
 		h.wantState("a", StateBackingOff, s(701))
 		h.at(s(701))
 		h.wantStarts("a", 0, s(31), s(92), s(100), s(701))
+		if jobs := h.r.allJobs(); jobs[1].Reason != "retry after failure: growth reason" || jobs[1].Trigger != KindGrowth ||
+			jobs[4].Reason != "retry after failure: nats reason" || jobs[4].Trigger != KindNATS {
+			t.Errorf("retry jobs %+v and %+v", jobs[1].Job, jobs[4].Job)
+		}
 		h.at(s(5000))
 		h.wantStarts("a", 0, s(31), s(92), s(100), s(701))
 		st = h.wantState("a", StateIdle, -1)
@@ -801,7 +810,7 @@ func TestUpdateAddsRemovesAndChangesTargets(t *testing.T) {
 		h.signal(KindNATS, true, "a")
 		h.at(s(300))
 		h.wantStarts("a", s(23), s(102), s(110), s(200))
-		if jobs := h.r.allJobs(); jobs[len(jobs)-2].End != s(160) || jobs[len(jobs)-2].Cancelled {
+		if jobs := h.r.allJobs(); len(jobs) < 2 || jobs[len(jobs)-2].End != s(160) || jobs[len(jobs)-2].Cancelled {
 			t.Errorf("the removed target's run did not finish: %+v", jobs[len(jobs)-2])
 		}
 	})
