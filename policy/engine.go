@@ -29,7 +29,8 @@ const (
 	StuckAfter = 3
 )
 
-// Errors a Reply can carry in Report.Error (as their Error() text).
+// Errors of the engine. The first three are also what Replies carry in
+// Report.Error (as their Error() text) when no compaction could run.
 var (
 	// ErrUnknownTarget: the signal named a target that is not configured.
 	ErrUnknownTarget = errors.New("unknown target")

@@ -957,3 +957,6 @@ func TestSignalWithoutRunIsKeptUntilRun(t *testing.T) {
 		<-done
 	})
 }
+
+// The executor is the Runner the daemon uses.
+var _ Runner = (*executor.Executor)(nil)
