@@ -92,6 +92,10 @@ type Disk struct {
 	order   []string // target names in config order
 	fss     map[uint64]*diskFS
 	wake    chan struct{}
+
+	// locateFailed is Run's own: targets whose filesystem could not be
+	// found, logged once.
+	locateFailed map[string]bool
 }
 
 // diskTarget is what Disk keeps per target.
@@ -159,6 +163,8 @@ func NewDisk(targets []Target, logger *slog.Logger, opts ...DiskOptions) *Disk {
 		targets: make(map[string]*diskTarget),
 		fss:     make(map[uint64]*diskFS),
 		wake:    make(chan struct{}, 1),
+
+		locateFailed: make(map[string]bool),
 	}
 	d.SetTargets(targets)
 	return d
@@ -307,9 +313,10 @@ type diskPlace struct {
 }
 
 // tick regroups the targets by device, samples every filesystem that is
-// due, and returns the signals and the next deadline.
+// due, and returns the signals and the next deadline. Filesystem IO (stat,
+// statfs) happens without the lock, so Observe and the status methods never
+// wait on a sick disk.
 func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
-	// Locate targets without the lock: stat may be slow on a sick disk.
 	d.mu.Lock()
 	type want struct {
 		name string
@@ -329,14 +336,17 @@ func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
 	for _, w := range wants {
 		probe, dev, err := diskLocate(w.dir)
 		if err != nil {
-			d.logger.Error("cannot find the filesystem of a target", "target", w.name, "dir", w.dir, "err", err)
+			if !d.locateFailed[w.name] {
+				d.locateFailed[w.name] = true
+				d.logger.Error("cannot find the filesystem of a target", "target", w.name, "dir", w.dir, "err", err)
+			}
 			continue
 		}
+		delete(d.locateFailed, w.name)
 		places = append(places, diskPlace{w.name, dev, probe})
 	}
 
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	// Regroup.
 	seen := make(map[uint64]bool)
 	for _, p := range places {
@@ -371,40 +381,74 @@ func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
 			dt.pressured = false
 		}
 	}
-
-	var sigs []policy.Signal
-	var next time.Time
 	devs := make([]uint64, 0, len(d.fss))
 	for dev := range d.fss {
 		devs = append(devs, dev)
 	}
 	slices.Sort(devs)
+	var due []*diskMeasure
 	for _, dev := range devs {
 		f := d.fss[dev]
 		if f.last.IsZero() || !now.Before(f.last.Add(f.interval)) {
 			f.last = now
-			if s, ok := d.sample(f, now); ok {
+			m := &diskMeasure{dev: dev, probe: f.probe, mountpoint: f.mountpoint, files: make(map[string][]string)}
+			for _, name := range f.targets {
+				m.files[name] = d.targets[name].t.Files
+			}
+			due = append(due, m)
+		}
+	}
+	d.mu.Unlock()
+
+	// Measure.
+	for _, m := range due {
+		if m.mountpoint == "" {
+			m.mountpoint = diskMountpoint(m.probe, m.dev)
+		}
+		m.used, m.total, m.err = d.usage(m.probe)
+		if m.err == nil && m.total == 0 {
+			m.err = errors.New("filesystem reports a total size of 0")
+		}
+		m.sizes = make(map[string]int64, len(m.files))
+		for name, files := range m.files {
+			m.sizes[name] = diskTargetSize(files)
+		}
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var sigs []policy.Signal
+	for _, m := range due {
+		if f := d.fss[m.dev]; f != nil {
+			if s, ok := d.evaluate(f, now, m); ok {
 				sigs = append(sigs, s)
 			}
 		}
-		due := f.last.Add(f.interval)
-		if next.IsZero() || due.Before(next) {
+	}
+	var next time.Time
+	for _, f := range d.fss {
+		if due := f.last.Add(f.interval); next.IsZero() || due.Before(next) {
 			next = due
 		}
 	}
 	return sigs, next
 }
 
-// sample measures one filesystem and evaluates its targets. d.mu is held
-// (the usage query is one statfs).
-func (d *Disk) sample(f *diskFS, now time.Time) (policy.Signal, bool) {
-	if f.mountpoint == "" {
-		f.mountpoint = diskMountpoint(f.probe, f.dev)
-	}
-	used, total, err := d.usage(f.probe)
-	if err == nil && total == 0 {
-		err = errors.New("filesystem reports a total size of 0")
-	}
+// diskMeasure is one filesystem's sample, taken without the lock.
+type diskMeasure struct {
+	dev         uint64
+	probe       string
+	mountpoint  string
+	files       map[string][]string // target → files
+	used, total uint64
+	err         error
+	sizes       map[string]int64 // target → bytes
+}
+
+// evaluate applies one sample to a filesystem and its targets. d.mu is held.
+func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal, bool) {
+	f.mountpoint = m.mountpoint
+	err := m.err
 	if err != nil {
 		if !f.errLogged {
 			d.logger.Error("cannot read disk usage", "mountpoint", f.mountpoint, "path", f.probe, "err", err)
@@ -416,6 +460,7 @@ func (d *Disk) sample(f *diskFS, now time.Time) (policy.Signal, bool) {
 		d.logger.Info("disk usage readable again", "mountpoint", f.mountpoint)
 		f.errLogged = false
 	}
+	used, total := m.used, m.total
 	pct := float64(used) / float64(total) * 100
 	f.percent = pct
 	f.sampled = true
@@ -436,6 +481,9 @@ func (d *Disk) sample(f *diskFS, now time.Time) (policy.Signal, bool) {
 	f.predicted = false
 	for _, name := range f.targets {
 		dt := d.targets[name]
+		if dt == nil {
+			continue // removed since the regroup
+		}
 		s := dt.t.Disk
 		if dt.pressured {
 			wasPressured = true
@@ -473,7 +521,7 @@ func (d *Disk) sample(f *diskFS, now time.Time) (policy.Signal, bool) {
 	// Reclaimable estimates, most first.
 	var cands []*diskTarget
 	for _, dt := range pressured {
-		size := diskTargetSize(dt.t.Files)
+		size := m.sizes[dt.t.Name] // a target added since the measure counts 0
 		dt.reclaimable = diskEstimate(size, dt)
 		if !dt.exhausted && size > 0 {
 			cands = append(cands, dt)
