@@ -593,3 +593,53 @@ max_records = 100
 		t.Fatalf("SIGTERM: exit %d, want 0", code)
 	}
 }
+
+// TestDaemonNATSPreBackup: a daemon connected to an embedded NATS server
+// answers `watcher request pre-backup` with a report per target, after
+// compacting them.
+func TestDaemonNATSPreBackup(t *testing.T) {
+	t.Parallel()
+	ns := testutil.StartNATS(t)
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	path := filepath.Join(dir, "data", "events.ndjson")
+	all := genRecords(0, 300, 1795599000, 90)
+	writeFile(t, path, all)
+	cfg := writeConfig(t, dir, daemonHeader(addr, "", "")+fmt.Sprintf(`
+[nats]
+url = %q
+`, ns.URL)+jsonTarget("events", "events.ndjson", 100))
+	d := startDaemon(t, cfg, addr)
+	d.WaitReady(15 * time.Second)
+
+	r := runWatcher(t, 30*time.Second, "request", "pre-backup", "--nats", ns.URL, "--expect", "1", "--timeout", "20s")
+	wantCode(t, r, 0, "watcher request pre-backup")
+	line, ok := findLogLine(r.Stdout, "events")
+	if !ok {
+		t.Fatalf("no row for target events in the reply:\n%s", r)
+	}
+	if !strings.Contains(line, "it-node") && !strings.Contains(r.Stdout, "it-node") {
+		t.Errorf("the reply does not name the node it-node:\n%s", r.Stdout)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := bytes.Join(splitLines(all)[200:], nil); !bytes.Equal(got, want) {
+		t.Errorf("after pre-backup the file has %d lines, want the newest 100", bytes.Count(got, []byte("\n")))
+	}
+	rep := d.waitReport(5*time.Second, "events", func(report) bool { return true })
+	if rep.Trigger != "nats" || rep.Error != "" {
+		t.Errorf("last_report after pre-backup: %+v; want a successful nats compaction", rep)
+	}
+
+	// Nobody answers on another subject prefix: exit 1.
+	other := testutil.StartNATS(t)
+	r = runWatcher(t, 30*time.Second, "request", "pre-backup", "--nats", other.URL, "--expect", "1", "--timeout", "1s")
+	wantCode(t, r, 1, "watcher request with no daemon listening")
+
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d, want 0", code)
+	}
+}
