@@ -469,7 +469,7 @@ func (c *compaction) run(ctx context.Context) (err error) {
 		waitCount()
 	}()
 	c.done = size - res.survStart
-	c.total = size + (end - res.survStart)
+	c.total = size + res.keptBytes
 
 	rep.Dropped = res.dropped
 	tailKept, tailBytes := false, size-end
@@ -632,6 +632,10 @@ func (c *compaction) run(ctx context.Context) (err error) {
 		return err
 	}
 
+	if c.opts.Progress != nil {
+		c.total = max(c.total, c.done)
+		c.opts.Progress(c.total, c.total)
+	}
 	appended += dr.records
 	rep.Dropped.Unexamined = unex
 	rep.AppendedDuring = appended
