@@ -124,7 +124,9 @@ type Growth struct {
 	targets map[string]*growthTarget
 	order   []string
 	changed bool // targets changed since the last reconcile
-	wake    chan struct{}
+	// retryFailed: a reload asks to retry the watches the kernel refused.
+	retryFailed bool
+	wake        chan struct{}
 }
 
 // growthTarget is the state of one target. Guarded by Growth.mu.
@@ -204,6 +206,7 @@ func (g *Growth) SetTargets(targets []Target) {
 		g.order = append(g.order, t.Name)
 	}
 	g.changed = true
+	g.retryFailed = true
 	g.poke()
 }
 
@@ -524,6 +527,10 @@ func (l *growthLoop) reconcile() {
 		return
 	}
 	g.changed = false
+	if g.retryFailed {
+		g.retryFailed = false
+		clear(l.failed)
+	}
 	type tinfo struct {
 		name  string
 		files []string

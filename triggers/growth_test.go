@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -490,8 +491,15 @@ func TestGrowthCoalescesEventStorms(t *testing.T) {
 func TestGrowthPollingFallbackOnWatchLimit(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "events.ndjson")
+	var limited atomic.Bool
+	limited.Store(true)
 	h := growthStart(t, []Target{growthTestTarget("ev", 1000, 0, p)}, GrowthOptions{}, func(g *Growth) {
-		g.addWatch = func(*fsnotify.Watcher, string) error { return syscall.ENOSPC }
+		g.addWatch = func(w *fsnotify.Watcher, dir string) error {
+			if limited.Load() {
+				return syscall.ENOSPC
+			}
+			return w.Add(dir)
+		}
 	})
 	h.waitSize("ev", 0)
 	if st := h.g.Status()[0]; !st.Polling {
@@ -503,6 +511,14 @@ func TestGrowthPollingFallbackOnWatchLimit(t *testing.T) {
 	}
 	growthAppend(t, p, 1000)
 	h.waitSignals("ev", 1)
+
+	// The operator raised the limit and reloads: watched again.
+	limited.Store(false)
+	h.g.SetTargets([]Target{growthTestTarget("ev", 1000, 0, p)})
+	h.waitFor("watched after reload", func() bool { return !h.g.Status()[0].Polling })
+	h.g.Observe(backends.Report{Target: "ev", AfterBytes: backends.Int64(1000)})
+	growthAppend(t, p, 1000)
+	h.waitSignals("ev", 2)
 }
 
 func TestGrowthForcePolling(t *testing.T) {
