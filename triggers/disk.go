@@ -138,6 +138,9 @@ type diskSample struct {
 	percent float64
 }
 
+// Disk is a Source.
+var _ Source = (*Disk)(nil)
+
 // NewDisk returns a Disk trigger for targets (those without Files or with
 // Disk.Interval 0 are ignored). Options are optional; at most the first is
 // used.

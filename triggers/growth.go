@@ -112,8 +112,10 @@ type Growth struct {
 	logger *slog.Logger
 	opts   GrowthOptions
 
-	// addWatch adds an inotify watch; tests replace it to simulate errors.
-	addWatch func(w *fsnotify.Watcher, dir string) error
+	// newWatcher and addWatch create the inotify instance and add a
+	// watch; tests replace them to simulate the kernel's limits.
+	newWatcher func() (*fsnotify.Watcher, error)
+	addWatch   func(w *fsnotify.Watcher, dir string) error
 	// Test hooks, called from Run's goroutine: after a target was
 	// evaluated (and any signal emitted), after the watches were
 	// reconciled.
@@ -144,6 +146,9 @@ type growthTarget struct {
 	dirty        bool // a file changed since lastStat
 }
 
+// Growth is a Source.
+var _ Source = (*Growth)(nil)
+
 // NewGrowth returns a Growth trigger for targets (those without Files are
 // ignored). Options are optional; at most the first is used.
 func NewGrowth(targets []Target, logger *slog.Logger, opts ...GrowthOptions) *Growth {
@@ -167,11 +172,12 @@ func NewGrowth(targets []Target, logger *slog.Logger, opts ...GrowthOptions) *Gr
 		o.RetryBackoffMax = max(growthDefaultRetryMax, o.RetryBackoff)
 	}
 	g := &Growth{
-		logger:   logger.With("trigger", policy.KindGrowth),
-		opts:     o,
-		addWatch: func(w *fsnotify.Watcher, dir string) error { return w.Add(dir) },
-		targets:  make(map[string]*growthTarget),
-		wake:     make(chan struct{}, 1),
+		logger:     logger.With("trigger", policy.KindGrowth),
+		opts:       o,
+		newWatcher: fsnotify.NewWatcher,
+		addWatch:   func(w *fsnotify.Watcher, dir string) error { return w.Add(dir) },
+		targets:    make(map[string]*growthTarget),
+		wake:       make(chan struct{}, 1),
 	}
 	g.SetTargets(targets)
 	return g
@@ -350,7 +356,7 @@ func (g *Growth) Run(ctx context.Context, emit Emit) error {
 	var errs <-chan error
 	if g.opts.ForcePolling {
 		l.noWatch = errors.New("polling forced by configuration")
-	} else if w, err := fsnotify.NewWatcher(); err != nil {
+	} else if w, err := g.newWatcher(); err != nil {
 		l.noWatch = growthWatchError("inotify", "", err)
 		g.logger.Error("cannot watch files; every target is polled", "err", l.noWatch, "interval", g.opts.PollInterval)
 	} else {

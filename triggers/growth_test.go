@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"go.uber.org/goleak"
 
 	"github.com/papyra/watcher/backends"
 	"github.com/papyra/watcher/policy"
@@ -592,5 +593,42 @@ func TestGrowthSetTargetsAddsAndRemoves(t *testing.T) {
 	h.waitSignals("b", 2)
 	if st := h.g.Status(); len(st) != 1 || st[0].Baseline != 1200 {
 		t.Fatalf("Status() = %+v", st)
+	}
+}
+
+func TestGrowthPollingFallbackOnInstanceLimit(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "events.ndjson")
+	h := growthStart(t, []Target{growthTestTarget("ev", 1000, 0, p)}, GrowthOptions{}, func(g *Growth) {
+		g.newWatcher = func() (*fsnotify.Watcher, error) {
+			return nil, fmt.Errorf("couldn't initialize inotify: %w", syscall.EMFILE)
+		}
+	})
+	if st := h.g.Status()[0]; !st.Polling {
+		t.Fatalf("Status() = %+v, want polling", st)
+	}
+	if logs := h.log(); !strings.Contains(logs, "fs.inotify.max_user_instances") || !strings.Contains(logs, "level=ERROR") {
+		t.Fatalf("log does not name the sysctl at error level:\n%s", logs)
+	}
+	growthAppend(t, p, 1000)
+	h.waitSignals("ev", 1)
+}
+
+func TestGrowthDiskTimerNoGoroutineLeak(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	tg := growthTestTarget("ev", 1000, 0, filepath.Join(dir, "x.ndjson"), filepath.Join(dir, "missing", "x.ndjson"))
+	tg.Disk = diskSettings(time.Hour)
+	tg.Timer = TimerSettings{Interval: time.Hour}
+	h := growthStart(t, []Target{tg}, GrowthOptions{}, nil)
+	h.stop()
+	for _, src := range []Source{NewDisk([]Target{tg}, timerTestLogger()), NewTimer([]Target{tg}, timerTestLogger())} {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- src.Run(ctx, func(policy.Signal) {}) }()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

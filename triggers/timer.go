@@ -55,6 +55,9 @@ type timerEntry struct {
 	due      time.Time // since + drawn delay; zero when off
 }
 
+// Timer is a Source.
+var _ Source = (*Timer)(nil)
+
 // NewTimer returns a Timer for targets. Options are optional; at most the
 // first is used.
 func NewTimer(targets []Target, logger *slog.Logger, opts ...TimerOptions) *Timer {
