@@ -81,6 +81,7 @@ type NATS struct {
 	wg     sync.WaitGroup
 	stop   context.Context // Run's ctx, for subscriptions made later
 	emitFn Emit            // Run's emit, likewise
+	ready  chan struct{}   // closed once Run has subscribed
 }
 
 // NewNATS checks cfg (subjects, auth and TLS files) and returns the NATS
@@ -103,6 +104,7 @@ func NewNATS(cfg NATSConfig, targets []Target, logger *slog.Logger) (*NATS, erro
 		opts:   opts,
 		sem:    make(chan struct{}, cfg.MaxRequests),
 		events: make(chan backends.Report, 256),
+		ready:  make(chan struct{}),
 	}
 	n.setTargets(targets)
 	return n, nil
@@ -242,6 +244,7 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 		return err
 	}
 	n.mu.Unlock()
+	close(n.ready)
 	n.logger.Info("nats trigger started", "servers", n.cfg.URL, "prefix", n.cfg.SubjectPrefix, "node", n.cfg.Node)
 
 	pubDone := make(chan struct{})
