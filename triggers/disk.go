@@ -141,8 +141,8 @@ type diskSample struct {
 // Disk is a Source.
 var _ Source = (*Disk)(nil)
 
-// NewDisk returns a Disk trigger for targets (those without Files or with
-// Disk.Interval 0 are ignored). Options are optional; at most the first is
+// NewDisk returns a Disk trigger for targets (those without Files, or with
+// Disk.Interval or Disk.HighPercent 0, are ignored). Options are optional; at most the first is
 // used.
 func NewDisk(targets []Target, logger *slog.Logger, opts ...DiskOptions) *Disk {
 	if logger == nil {
@@ -328,7 +328,7 @@ func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
 	var wants []want
 	for _, name := range d.order {
 		dt := d.targets[name]
-		if len(dt.t.Files) == 0 || dt.t.Disk.Interval <= 0 {
+		if !diskEnabled(dt.t) {
 			continue
 		}
 		wants = append(wants, want{name, filepath.Dir(dt.t.Files[0])})
@@ -380,7 +380,7 @@ func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
 	}
 	// Targets no longer on any filesystem leave pressure.
 	for _, dt := range d.targets {
-		if len(dt.t.Files) == 0 || dt.t.Disk.Interval <= 0 {
+		if !diskEnabled(dt.t) {
 			dt.pressured = false
 		}
 	}
@@ -488,6 +488,7 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 			continue // removed since the regroup
 		}
 		s := dt.t.Disk
+		s.LowPercent = min(s.LowPercent, s.HighPercent) // a low above high would never hold
 		if dt.pressured {
 			wasPressured = true
 		}
@@ -557,6 +558,12 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 			f.mountpoint, pct, slope*60, s0.HighPercent, s0.PredictHorizon)
 	}
 	return policy.Signal{Kind: policy.KindDisk, Targets: names, Urgent: true, Reason: reason, At: now}, true
+}
+
+// diskEnabled reports whether the disk trigger watches t: a file target
+// with a positive interval and high watermark.
+func diskEnabled(t Target) bool {
+	return len(t.Files) > 0 && t.Disk.Interval > 0 && t.Disk.HighPercent > 0
 }
 
 // diskEstimate is the bytes a compaction of dt would reclaim, for ordering:

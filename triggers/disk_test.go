@@ -353,6 +353,7 @@ func TestDiskGroupsByDevice(t *testing.T) {
 		// Not a file target, or disk trigger off: ignored.
 		{Name: "redis", Backend: backends.KindRedis, RedisURL: "redis://x", Disk: s},
 		diskFileTarget(t, d1, "off", 10, DiskSettings{}),
+		diskFileTarget(t, d1, "nohigh", 10, DiskSettings{Interval: time.Minute}),
 	}
 	// A second filesystem, if this machine has one at hand.
 	var other string
