@@ -188,7 +188,17 @@ func checkGoldenReport(t *testing.T, r report, c goldenCase, backend string, bef
 			r.Target, r.Backend, r.Trigger, r.DryRun, r.Error, backend)
 	}
 	if want, ok := c.PapyraReport["before_records"]; ok && r.BeforeRecords != want {
-		t.Errorf("before_records = %d, Papyra's report says %d", r.BeforeRecords, want)
+		// The json backend does not parse the lines older than the
+		// retention cut (backends/json.go, "Report"): it counts them as
+		// records (dropped.unexamined), invalid ones included. That is the
+		// only difference from Papyra's count it may have.
+		if r.BeforeRecords < want || r.BeforeRecords-want > r.Dropped.Unexamined {
+			t.Errorf("before_records = %d, Papyra's report says %d (dropped.unexamined %d does not explain it)",
+				r.BeforeRecords, want, r.Dropped.Unexamined)
+		} else {
+			t.Logf("before_records = %d, Papyra's report says %d: %d unexamined lines older than the cut were counted as records",
+				r.BeforeRecords, want, r.Dropped.Unexamined)
+		}
 	}
 	if want, ok := c.PapyraReport["after_records"]; ok && r.AfterRecords != want {
 		t.Errorf("after_records = %d, Papyra's report says %d", r.AfterRecords, want)

@@ -293,18 +293,23 @@ func TestCrashKill(t *testing.T) {
 func crashRounds(t *testing.T, c *crashTarget, rounds int, rng *rand.Rand) {
 	// One uncrashed run: it must produce the expected result, and it gives
 	// the typical run time.
-	c.reset(t)
-	start := time.Now()
-	r := runWatcher(t, 2*time.Minute, c.compactArgs()...)
-	typical := time.Since(start)
-	wantCode(t, r, 0, "uncrashed compact")
-	if got := c.content(t); !sameFiles(got, c.expected) {
-		t.Fatalf("uncrashed compaction is not the expected result:%s", c.describe(got))
+	var runs []time.Duration
+	for range 3 {
+		c.reset(t)
+		start := time.Now()
+		r := runWatcher(t, 2*time.Minute, c.compactArgs()...)
+		runs = append(runs, time.Since(start))
+		wantCode(t, r, 0, "uncrashed compact")
+		if got := c.content(t); !sameFiles(got, c.expected) {
+			t.Fatalf("uncrashed compaction is not the expected result:%s", c.describe(got))
+		}
+		wantNoLeftovers(t, c.data, c.state)
 	}
-	wantNoLeftovers(t, c.data, c.state)
+	sort.Slice(runs, func(i, j int) bool { return runs[i] < runs[j] })
+	typical := runs[1]
 	t.Logf("%s: %d files, %d bytes; an uncrashed run takes %s", c.name, len(c.original), sumBytes(c.original), typical)
 
-	var killedOriginal, killedMidWrite, killedAfterCommit, killedMidSwap, completed int
+	var killedOriginal, killedMidWrite, killedAfterCommit, killedMidSwap, completed, inFlight int
 	for round := range rounds {
 		c.reset(t)
 		delay := time.Duration(rng.Int64N(int64(typical)*12/10 + 1))
@@ -324,6 +329,9 @@ func crashRounds(t *testing.T, c *crashTarget, rounds int, rng *rand.Rand) {
 			t.Fatalf("round %d: compact failed on its own (exit %d):\n%s", round, ws.ExitStatus(), out.String())
 		}
 
+		if killed && tempAtKill {
+			inFlight++
+		}
 		got := c.content(t)
 		switch {
 		case !killed:
@@ -360,12 +368,14 @@ func crashRounds(t *testing.T, c *crashTarget, rounds int, rng *rand.Rand) {
 			t.Fatalf("round %d: compact after a kill at %s is not the expected result:%s", round, delay, c.describe(got))
 		}
 		if l := append(leftovers(t, c.data), leftovers(t, c.state)...); len(l) > 0 {
-			t.Fatalf("round %d: leftovers after the compaction that followed a kill at %s: %v", round, delay, l)
+			// Not fatal: reset starts the next round clean, and the
+			// other rounds still tell whether data is ever lost.
+			t.Errorf("round %d: leftovers after the compaction that followed a kill at %s: %v", round, delay, l)
 		}
 	}
-	t.Logf("%s: %d rounds: killed before any change %d, while the output was being written %d, mid-swap %d, after the commit %d; completed before the kill %d",
-		c.name, rounds, killedOriginal, killedMidWrite, killedMidSwap, killedAfterCommit, completed)
-	if killedMidWrite+killedMidSwap == 0 {
-		t.Errorf("%s: no kill landed while the output was being written (typical run %s): the test does not exercise what it should; raise WATCHER_CRASH_RECORDS", c.name, typical)
+	t.Logf("%s: %d rounds: killed with the original intact %d (of which with the output half written %d), mid-swap %d, after the commit %d; completed before the kill %d; killed while watcher files were in flight %d",
+		c.name, rounds, killedOriginal+killedMidWrite, killedMidWrite, killedMidSwap, killedAfterCommit, completed, inFlight)
+	if inFlight == 0 {
+		t.Errorf("%s: no kill landed while a temporary or staging file existed (typical run %s): the test does not exercise what it should; raise WATCHER_CRASH_RECORDS", c.name, typical)
 	}
 }

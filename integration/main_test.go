@@ -446,6 +446,12 @@ type report struct {
 	DurationMS     float64 `json:"duration_ms"`
 	DryRun         bool    `json:"dry_run"`
 	Error          string  `json:"error"`
+	// Extensions.
+	Dropped struct {
+		Invalid    int64 `json:"invalid"`
+		Unexamined int64 `json:"unexamined"`
+	} `json:"dropped"`
+	AppendedDuring int64 `json:"appended_during"`
 }
 
 // reportFields are the keys every report must have (INTERFACE.md).
