@@ -110,6 +110,10 @@ func NewNATS(cfg NATSConfig, targets []Target, logger *slog.Logger) (*NATS, erro
 	return n, nil
 }
 
+// Ready returns a channel closed once Run has subscribed (and, when the
+// server was reachable, the server has acknowledged the subscriptions).
+func (n *NATS) Ready() <-chan struct{} { return n.ready }
+
 // Node returns this node's name.
 func (n *NATS) Node() string { return n.cfg.Node }
 
@@ -210,15 +214,8 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 	}
 	n.nc, n.running, n.stop = nc, true, ctx
 	var subs []*nats.Subscription
-	subscribe := func(subject, queue string, scope scope) error {
-		handler := func(m *nats.Msg) { n.dispatch(ctx, emit, m, scope) }
-		var sub *nats.Subscription
-		var err error
-		if queue == "" {
-			sub, err = nc.Subscribe(subject, handler)
-		} else {
-			sub, err = nc.QueueSubscribe(subject, queue, handler)
-		}
+	subscribe := func(subject string, scope scope) error {
+		sub, err := nc.Subscribe(subject, func(m *nats.Msg) { n.dispatch(ctx, emit, m, scope) })
 		if err != nil {
 			return fmt.Errorf("nats trigger: subscribe %s: %w", subject, err)
 		}
@@ -226,10 +223,10 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 		return nil
 	}
 	for _, verb := range verbs {
-		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, "", verb), "", scopeLocal); err != nil {
+		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, "", verb), scopeLocal); err != nil {
 			break
 		}
-		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, n.cfg.Node, verb), "", scopeNode); err != nil {
+		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, n.cfg.Node, verb), scopeNode); err != nil {
 			break
 		}
 	}
@@ -244,6 +241,10 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 		return err
 	}
 	n.mu.Unlock()
+	if nc.IsConnected() {
+		// Make sure the server knows the subscriptions before saying ready.
+		_ = nc.FlushTimeout(5 * time.Second)
+	}
 	close(n.ready)
 	n.logger.Info("nats trigger started", "servers", n.cfg.URL, "prefix", n.cfg.SubjectPrefix, "node", n.cfg.Node)
 

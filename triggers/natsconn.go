@@ -45,7 +45,7 @@ var (
 	ErrMissingReplies = errors.New("missing replies")
 	// ErrNoResponders is returned by SendRequest when nothing at all
 	// listens on the subject.
-	ErrNoResponders = errors.New("no watcher listens on the subject")
+	ErrNoResponders = errors.New("no watcher listens")
 	// ErrNATSConfig is wrapped by the errors of an invalid NATSConfig.
 	ErrNATSConfig = errors.New("invalid nats config")
 )
@@ -517,7 +517,7 @@ func SendRequest(ctx context.Context, nc *nats.Conn, subject string, body []byte
 		if err != nil {
 			switch {
 			case errors.Is(err, nats.ErrNoResponders):
-				return nil, fmt.Errorf("%w %s", ErrNoResponders, subject)
+				return nil, fmt.Errorf("%w on %s", ErrNoResponders, subject)
 			case ctx.Err() != nil && parent.Err() == nil:
 				// The grace after the first reply ran out (expect <= 0).
 				return replies, nil
