@@ -329,15 +329,17 @@ max_records = 10
 			t.Errorf("stderr does not name line 3:\n%s", r.Stderr)
 		}
 	})
-	t.Run("wrong value type has its line", func(t *testing.T) {
-		dir := t.TempDir()
-		cfg := writeConfig(t, dir, "[watcher]\nstate_dir = \"state\"\n\n[policy]\ndebounce = 5\n")
-		r := runWatcher(t, 10*time.Second, "validate", "--config", cfg)
-		wantCode(t, r, 2, "validate")
-		if !strings.Contains(r.Stderr, "line 5") || !strings.Contains(r.Stderr, "debounce") {
-			t.Errorf("stderr does not name line 5 and debounce:\n%s", r.Stderr)
-		}
-	})
+	for _, bad := range []string{`"5 seconds"`, `5`} {
+		t.Run("bad duration "+bad+" has its line and key", func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := writeConfig(t, dir, "[watcher]\nstate_dir = \"state\"\n\n[policy]\ndebounce = "+bad+"\n")
+			r := runWatcher(t, 10*time.Second, "validate", "--config", cfg)
+			wantCode(t, r, 2, "validate")
+			if !strings.Contains(r.Stderr, "line 5") || !strings.Contains(r.Stderr, "debounce") {
+				t.Errorf("stderr does not name line 5 and debounce:\n%s", r.Stderr)
+			}
+		})
+	}
 	t.Run("every semantic problem is listed", func(t *testing.T) {
 		dir := t.TempDir()
 		cfg := writeConfig(t, dir, `[watcher]

@@ -126,8 +126,10 @@ max_records = 1000
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := bytes.Count(got, []byte("\n")); n != 1000 || !isSuffixOfLines(got, all.Bytes()) {
-		t.Errorf("the target holds %d lines; want the newest 1000 of what was written", n)
+	// The compaction may start while the fill is still being written; what
+	// was appended meanwhile is kept. Nothing retained may be lost.
+	if n := bytes.Count(got, []byte("\n")); n < 1000 || n >= seq || !isSuffixOfLines(got, all.Bytes()) {
+		t.Errorf("the target holds %d lines; want the newest 1000 or more (appended during the compaction) of the %d written", n, seq)
 	}
 	eventually(t, 5*time.Second, "disk-triggered compaction in /metrics", func() (bool, string) {
 		_, body, err := d.Get("/metrics")
