@@ -115,6 +115,9 @@ type parser struct {
 }
 
 func (p *parser) ws() {
+	if p.i < len(p.b) && p.b[p.i] > ' ' {
+		return
+	}
 	for p.i < len(p.b) {
 		switch p.b[p.i] {
 		case ' ', '\t', '\n', '\r':
@@ -336,13 +339,17 @@ func (p *parser) str() (escaped bool, ok bool) {
 	}
 	p.i++
 	for p.i < len(p.b) {
-		// Skip plain bytes quickly.
+		// Skip plain bytes quickly, eight at a time where possible.
 		j := p.i
-		for j < len(p.b) {
-			c := p.b[j]
-			if c == '"' || c == '\\' || c < 0x20 {
+		b := p.b
+		for j+8 <= len(b) {
+			if strSpecial[b[j]]|strSpecial[b[j+1]]|strSpecial[b[j+2]]|strSpecial[b[j+3]]|
+				strSpecial[b[j+4]]|strSpecial[b[j+5]]|strSpecial[b[j+6]]|strSpecial[b[j+7]] != 0 {
 				break
 			}
+			j += 8
+		}
+		for j < len(b) && strSpecial[b[j]] == 0 {
 			j++
 		}
 		p.i = j
@@ -381,6 +388,16 @@ func (p *parser) str() (escaped bool, ok bool) {
 	}
 	return escaped, false
 }
+
+// strSpecial marks the bytes that end a run of plain string bytes: the
+// quote, the backslash and control characters.
+var strSpecial = func() (t [256]uint8) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = 1
+	}
+	t['"'], t['\\'] = 1, 1
+	return t
+}()
 
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
