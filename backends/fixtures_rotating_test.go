@@ -125,7 +125,6 @@ func TestRotatingGoldenCases(t *testing.T) {
 	}
 }
 
-
 func rotCompareDirs(t *testing.T, got, want map[string][]byte) {
 	t.Helper()
 	var names []string

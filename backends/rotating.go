@@ -61,8 +61,10 @@ package backends
 //     lease (F_SETLEASE F_WRLCK), so the writer's next open of <path> waits
 //     in the kernel until the drain is over: the drained records stay ahead of
 //     every later record. The drain ends when the writer is seen waiting on
-//     the lease, or the old inode has been quiet for rotDrainQuiet (bounded by
-//     rotDrainMax). The new active file is fsynced; the journal becomes
+//     the lease, or no process has the old inode open for writing any more
+//     (a read lease can be taken on it) once rotDrainSettle has passed, or
+//     (where leases are unavailable) the old inode has been quiet for
+//     rotDrainQuiet; rotDrainMax bounds it. The new active file is fsynced; the journal becomes
 //     "drained".
 //  6. Cleanup: old segments that are not part of the new set are moved into
 //     the staging directory, checked to be the journaled inodes (anything else
@@ -85,8 +87,9 @@ package backends
 // (they are newer than everything; they may make the active file exceed
 // MaxBytes until the writer rotates) and counted in AppendedDuring.
 //
-// Not guaranteed: (a) a writer that opened <path> before the swap and
-// takes longer than rotDrainQuiet to write its line loses that line; (b)
+// Not guaranteed: (a) a writer thread that looked <path> up before the swap
+// but opens it only after the drain ended (rotDrainSettle, or rotDrainQuiet
+// without leases) loses its line; (b)
 // when the lease cannot be taken (a filesystem without leases, such as NFS;
 // a process without CAP_LEASE that does not own the file), a record the
 // writer appended to the old inode at the instant of the swap can land after
@@ -299,7 +302,10 @@ func (r *Rotating) Recover(ctx context.Context) error {
 	}
 	if _, err := os.Stat(r.cfg.StateDir); errors.Is(err, os.ErrNotExist) {
 		// Nothing was ever journaled; only staging leftovers can exist.
-		return r.removeStagingLeftovers(path, "")
+		if err := r.removeStagingLeftovers(path, ""); err != nil {
+			return err
+		}
+		return removeTempLeftovers(filepath.Dir(path), filepath.Base(path))
 	}
 	lock, err := tryLock(r.lockPath(path))
 	if err != nil {

@@ -66,10 +66,14 @@ type rotRemove struct {
 // Drain tuning: the drain after the swap polls the old active inode every
 // rotDrainPoll, and ends once it has been quiet for rotDrainQuiet (or the
 // writer waits on the lease), and in any case after rotDrainMax.
+// When no process has the old inode open for writing any more (checked with
+// a read lease) and rotDrainSettle has passed since the swap, the drain ends
+// at once.
 var (
-	rotDrainPoll  = 200 * time.Microsecond
-	rotDrainQuiet = 30 * time.Millisecond
-	rotDrainMax   = 2 * time.Second
+	rotDrainPoll   = 200 * time.Microsecond
+	rotDrainSettle = 2 * time.Millisecond
+	rotDrainQuiet  = 30 * time.Millisecond
+	rotDrainMax    = 2 * time.Second
 )
 
 // rotDrainResult is what a drain (and a catch-up) moved.
@@ -160,6 +164,18 @@ func leaseWanted(f *os.File) bool {
 	return err == nil && v == unix.F_UNLCK
 }
 
+// noWriters reports whether no process has f's file open for writing: a
+// read lease can be taken then (and is released at once). It reports false
+// where leases are not available.
+func noWriters(f *os.File) bool {
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_RDLCK); err != nil {
+		return false
+	}
+	unix.FcntlInt(f.Fd(), unix.F_SETOWN, 0)
+	releaseLease(f)
+	return true
+}
+
 func releaseLease(f *os.File) {
 	unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_UNLCK)
 }
@@ -221,9 +237,10 @@ func (w *rotAppendWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// drain copies to newf the records written to old past from, until the
-// writer is done with old: it waits on newf's lease (leased), or old has
-// been quiet for rotDrainQuiet, or rotDrainMax has passed. With dedupeFrom
+// drainOld copies to newf the records written to old past from, until the
+// writer is done with old: it waits on newf's lease (leased), or no process
+// has old open for writing (rotDrainSettle after the swap), or old has been
+// quiet for rotDrainQuiet, or rotDrainMax has passed. With dedupeFrom
 // >= 0, records already in newf past that offset are not appended again.
 func drainOld(ctx context.Context, old *os.File, from int64, newf *os.File, leased bool, dedupeFrom int64) (rotDrainResult, error) {
 	res := rotDrainResult{leased: leased, next: from}
@@ -274,6 +291,11 @@ func drainOld(ctx context.Context, old *os.File, from int64, newf *os.File, leas
 			// new one. One more look, for what it wrote just before.
 			final = true
 			continue
+		case time.Since(start) >= rotDrainSettle && noWriters(old):
+			// Nobody writes to the old file and nobody can open it by
+			// name any more.
+			final = true
+			continue
 		case time.Since(lastChange) >= rotDrainQuiet, time.Since(start) >= rotDrainMax:
 			final = true
 			continue
@@ -309,9 +331,6 @@ func (r *Rotating) rollForward(ctx context.Context, jr *rotJournal, old *os.File
 			return res, fmt.Errorf("stat %s: %w", in.Staged, err)
 		}
 		if last {
-			if err := syncDir(dir); err != nil {
-				return res, err
-			}
 			f, err := os.OpenFile(in.Staged, os.O_RDWR|os.O_APPEND, 0)
 			if err != nil {
 				return res, fmt.Errorf("open %s: %w", in.Staged, err)
@@ -420,9 +439,6 @@ func (r *Rotating) cleanup(jr *rotJournal, point func(string) error) error {
 		if err := point("remove:" + filepath.Base(rm.Path)); err != nil {
 			return err
 		}
-	}
-	if err := syncDir(dir); err != nil {
-		return err
 	}
 	if err := os.RemoveAll(jr.Staging); err != nil {
 		return fmt.Errorf("remove staging directory %s: %w", jr.Staging, err)

@@ -76,6 +76,8 @@ type rotStaged struct {
 	f     *os.File
 	fi    os.FileInfo
 	size  int64
+	// synced is set once the file is fsynced.
+	synced bool
 }
 
 // rotCompaction is one attempt at compacting the set.
@@ -628,6 +630,9 @@ func (c *rotCompaction) newStaged(idx int) (*rotStaged, error) {
 
 // sealStaged flushes, fsyncs and closes a staged segment.
 func (c *rotCompaction) sealStaged(s *rotStaged, size int64) error {
+	if s.synced {
+		return nil
+	}
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("sync %s: %w", s.f.Name(), err)
 	}
@@ -635,7 +640,7 @@ func (c *rotCompaction) sealStaged(s *rotStaged, size int64) error {
 	if err != nil {
 		return fmt.Errorf("stat %s: %w", s.f.Name(), err)
 	}
-	s.fi, s.size = fi, size
+	s.fi, s.size, s.synced = fi, size, true
 	return nil
 }
 
