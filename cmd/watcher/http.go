@@ -70,6 +70,7 @@ func (d *daemon) status(ctx context.Context) StatusDoc {
 	for _, s := range d.engine.Status() {
 		byName[s.Target] = s
 	}
+	timerDue := d.timer.Due()
 	for _, t := range cfg.Targets {
 		ps := byName[t.Name]
 		ts := TargetStatus{Name: t.Name, Backend: t.Backend, SizeBytes: sizes[t.Name],
@@ -84,6 +85,8 @@ func (d *daemon) status(ctx context.Context) StatusDoc {
 		}
 		if !ps.NextDue.IsZero() {
 			ts.NextDue = timePtr(ps.NextDue)
+		} else if due, ok := timerDue[t.Name]; ok && !due.IsZero() {
+			ts.NextDue = timePtr(due) // nothing pending: the fallback timer is next
 		}
 		if ls := d.diag.lastSuccess(t.Name); !ls.IsZero() {
 			ts.LastSuccess = timePtr(ls)
