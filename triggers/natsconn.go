@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -317,7 +318,8 @@ type connState struct {
 	mu        sync.Mutex
 	connected bool
 	detail    string
-	lastErr   string // last connection error logged, to log each only once
+	lastErr   string // class of the last connection error logged (errClass)
+	lastAsync string // last asynchronous error logged
 	closing   bool
 	changed   chan struct{} // closed and replaced on every change
 }
@@ -365,6 +367,9 @@ func (s *connState) onReconnect(nc *nats.Conn) {
 func (s *connState) onDisconnect(nc *nats.Conn, err error) {
 	s.mu.Lock()
 	closing := s.closing
+	// The disconnect is logged; failing to reach the server again while
+	// it is away says nothing new (an auth or TLS error would).
+	s.lastErr = "unreachable"
 	s.mu.Unlock()
 	if closing {
 		return
@@ -384,14 +389,28 @@ func (s *connState) onConnectError(nc *nats.Conn, err error) {
 		return
 	}
 	msg := err.Error()
+	class := errClass(err)
 	s.mu.Lock()
-	fresh := msg != s.lastErr
-	s.lastErr = msg
+	fresh := class != s.lastErr
+	s.lastErr = class
 	s.mu.Unlock()
 	if fresh {
 		s.logger.Warn("nats cannot connect; retrying in the background", "servers", strings.Join(nc.Servers(), ","), "err", msg)
+	} else {
+		s.logger.Debug("nats connect attempt failed", "err", msg)
 	}
 	s.set(false, "cannot connect: "+msg+"; retrying")
+}
+
+// errClass groups connection errors that say the same thing: a server
+// that cannot be reached is one state whether nats.go reports it as "no
+// servers available" (first attempt) or as the dial error (retries).
+func errClass(err error) string {
+	var opErr *net.OpError
+	if errors.Is(err, nats.ErrNoServers) || errors.As(err, &opErr) {
+		return "unreachable"
+	}
+	return err.Error()
 }
 
 func (s *connState) onClose(nc *nats.Conn) {
@@ -409,8 +428,8 @@ func (s *connState) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error
 	}
 	msg := err.Error()
 	s.mu.Lock()
-	fresh := msg != s.lastErr
-	s.lastErr = msg
+	fresh := msg != s.lastAsync
+	s.lastAsync = msg
 	connected := s.connected
 	s.mu.Unlock()
 	if !fresh {
