@@ -183,6 +183,10 @@ func (r *Redis) Kind() string { return KindRedis }
 // Streams returns the three stream keys, events first.
 func (r *Redis) Streams() []string { return append([]string(nil), r.streams...) }
 
+// Client returns the underlying go-redis client, for hooks (tracing,
+// metrics, tests). Commands sent through it bypass the lock.
+func (r *Redis) Client() *redis.Client { return r.client }
+
 // Close closes the connections.
 func (r *Redis) Close() error { return r.client.Close() }
 
