@@ -75,7 +75,8 @@ type NATS struct {
 	nc        *nats.Conn
 	queueSubs []*nats.Subscription
 	queue     string // current queue group; "" when no shared targets
-	running   bool
+	started   bool   // Run was called
+	running   bool   // Run is serving
 
 	events chan backends.Report
 	wg     sync.WaitGroup
@@ -203,15 +204,19 @@ func (n *NATS) Publish(r backends.Report) {
 // have replied.
 func (n *NATS) Run(ctx context.Context, emit Emit) error {
 	n.mu.Lock()
-	if n.running || n.nc != nil {
-		n.mu.Unlock()
+	started := n.started
+	n.started = true
+	n.mu.Unlock()
+	if started {
 		return errors.New("nats trigger: Run called twice")
 	}
+	// Connect without the lock: a first attempt on an unreachable host
+	// takes a dial timeout, and Publish must not wait for it.
 	nc, err := nats.Connect(strings.Join(n.cfg.urls(), ","), n.opts...)
 	if err != nil {
-		n.mu.Unlock()
 		return fmt.Errorf("nats trigger: connect to %s: %w", n.cfg.URL, err)
 	}
+	n.mu.Lock()
 	n.nc, n.running, n.stop = nc, true, ctx
 	var subs []*nats.Subscription
 	subscribe := func(subject string, scope scope) error {

@@ -25,7 +25,7 @@ the replies, one row per node and target. Exit 0 when every reply is ok (and,
 with --expect N, N replies came), 1 otherwise or when no reply came in time,
 2 on bad usage.
 
-Without --expect it returns shortly after the first reply(s): give --expect
+Without --expect it returns shortly after the first reply: give --expect
 the number of replies a fleet sends (one per node with node-local targets,
 plus one for the shared redis targets).
 
