@@ -525,7 +525,13 @@ func TestDaemonRepoConfig(t *testing.T) {
 	}
 	data = listen.ReplaceAll(data, []byte(fmt.Sprintf("http_listen = %q", addr)))
 	cfg := writeConfig(t, dir, string(data))
-	copyDir(t, filepath.Join(repoRoot, "data"), filepath.Join(dir, "data"))
+	// The repo's data/ holds only its README in a clone (the rest is
+	// git-ignored and may be anything locally).
+	readme, err := os.ReadFile(filepath.Join(repoRoot, "data", "README.md"))
+	if err != nil {
+		t.Fatalf("the repo's data/ dir: %v", err)
+	}
+	writeFile(t, filepath.Join(dir, "data", "README.md"), readme)
 
 	d := startDaemon(t, cfg, addr)
 	d.WaitReady(15 * time.Second)
@@ -642,4 +648,75 @@ url = %q
 	if code := d.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d, want 0", code)
 	}
+}
+
+// TestDaemonKilledMidCompaction: SIGKILL of the daemon while a throttled
+// compaction writes its output leaves the old content; the restarted daemon
+// recovers (removes the leftovers) before it is ready, and compacts again.
+func TestDaemonKilledMidCompaction(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	data := filepath.Join(dir, "data")
+	path := filepath.Join(data, "events.ndjson")
+	initial := genRecords(0, 20, 1795599000, 90)
+	writeFile(t, path, initial)
+	cfg := writeConfig(t, dir, daemonHeader(addr, "", `io_bytes_per_second = 1000000`)+
+		jsonTarget("events", "events.ndjson", 30000))
+	d := startDaemon(t, cfg, addr)
+	d.WaitReady(15 * time.Second)
+	more := genRecords(20, 40000, 1795599900, 90)
+	all := append(append([]byte{}, initial...), more...)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(more); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	eventually(t, 15*time.Second, "a temporary file of the running compaction", func() (bool, string) {
+		if d.Exited() {
+			t.Fatalf("watcher run exited\n%s", d.Stderr())
+		}
+		return len(leftovers(t, data)) > 0, "none yet"
+	})
+	d.Signal(syscall.SIGKILL)
+	d.Wait(5 * time.Second)
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, all) {
+		t.Fatalf("after SIGKILL mid-write the file (%d bytes) is not the old content (%d bytes)", len(got), len(all))
+	}
+	if len(leftovers(t, data)) == 0 {
+		t.Fatal("no temporary file after SIGKILL mid-write: the kill did not land mid-write")
+	}
+
+	// Restart, unthrottled: recovery removes the leftovers, and the next
+	// growth is compacted as usual.
+	writeConfig(t, dir, daemonHeader(addr, "", "")+jsonTarget("events", "events.ndjson", 30000))
+	d2 := startDaemon(t, cfg, addr)
+	d2.WaitReady(15 * time.Second)
+	eventually(t, 5*time.Second, "leftovers removed by the restarted daemon", func() (bool, string) {
+		l := leftovers(t, data)
+		return len(l) == 0, fmt.Sprint(l)
+	})
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, all) {
+		t.Fatalf("recovery changed the file: %d bytes, want the old %d", len(got), len(all))
+	}
+	more2 := genRecords(40020, 25000, 1795599950, 90)
+	appendRecords(t, path, more2)
+	all = append(all, more2...)
+	d2.waitReport(20*time.Second, "events", func(r report) bool { return r.Error == "" })
+	eventually(t, 10*time.Second, "compacted to the newest 30000 records", func() (bool, string) {
+		got, _ := os.ReadFile(path)
+		if !isSuffixOfLines(got, all) {
+			t.Fatalf("the compacted file is not the newest lines of what was written")
+		}
+		n := bytes.Count(got, []byte("\n"))
+		return n == 30000, fmt.Sprintf("%d lines", n)
+	})
+	d2.Signal(syscall.SIGTERM)
+	if code := d2.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	wantNoLeftovers(t, data, filepath.Join(dir, "state"))
 }

@@ -1,0 +1,208 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/papyra/watcher/backends"
+)
+
+// lwWriter appends records the way Papyra's JSON writer does: open with
+// O_APPEND, one write of a whole line, close; no lock. Every record carries
+// a unique sequence number.
+type lwWriter struct {
+	path    string
+	limit   int64
+	written atomic.Int64
+	stop    atomic.Bool
+	done    chan error
+}
+
+func startLWWriter(path string, limit int64) *lwWriter {
+	w := &lwWriter{path: path, limit: limit, done: make(chan error, 1)}
+	go func() {
+		var line []byte
+		for !w.stop.Load() {
+			seq := w.written.Load()
+			if seq >= w.limit {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			line = fmt.Appendf(line[:0], `{"kind": "event", "system_id": "local", "actor_address": "local://worker/%d", "event_type": "ActorStarted", "payload": {"seq": %d, "note": "h\u00e9llo"}, "timestamp": %d.0}`+"\n",
+				seq%7, seq, 1795600000+seq)
+			f, err := os.OpenFile(w.path, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+			if err != nil {
+				w.done <- err
+				return
+			}
+			if _, err := f.Write(line); err != nil {
+				f.Close()
+				w.done <- err
+				return
+			}
+			if err := f.Close(); err != nil {
+				w.done <- err
+				return
+			}
+			w.written.Add(1)
+		}
+		w.done <- nil
+	}()
+	return w
+}
+
+func (w *lwWriter) finish(t *testing.T) int64 {
+	t.Helper()
+	w.stop.Store(true)
+	if err := <-w.done; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	return w.written.Load()
+}
+
+// lwSeqs returns the sequence numbers in the file, in file order; it fails
+// on a line that is not a whole record.
+func lwSeqs(t *testing.T, path string) []int64 {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int64
+	for i, line := range bytes.SplitAfter(data, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var rec struct {
+			Payload struct {
+				Seq *int64 `json:"seq"`
+			} `json:"payload"`
+		}
+		if line[len(line)-1] != '\n' || json.Unmarshal(line, &rec) != nil || rec.Payload.Seq == nil {
+			t.Fatalf("line %d is not a whole record: %q", i+1, line)
+		}
+		seqs = append(seqs, *rec.Payload.Seq)
+	}
+	return seqs
+}
+
+// lwCompactLoop compacts path at least n times while the writer runs.
+func lwCompactLoop(t *testing.T, b *backends.JSON, w *lwWriter, n int, r backends.Retention) (appended int64) {
+	t.Helper()
+	for i := 0; i < n || w.written.Load() < w.limit/2; i++ {
+		rep, err := b.Compact(context.Background(), backends.CompactOptions{
+			Retention: r, Now: time.Unix(1795600000, 0), PartialLineGrace: 30 * time.Second,
+		})
+		if err != nil {
+			t.Fatalf("compaction %d: %v", i, err)
+		}
+		appended += rep.AppendedDuring
+		if i > 1000 {
+			t.Fatal("the writer made no progress")
+		}
+	}
+	return appended
+}
+
+// TestLiveWriterJSONNoLoss: with a Papyra-like writer appending at full
+// speed, 50+ compactions that retain everything lose and duplicate nothing.
+func TestLiveWriterJSONNoLoss(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "events.ndjson")
+	b, err := backends.NewJSON(backends.JSONConfig{Name: "live", Path: path, StateDir: filepath.Join(dir, "state")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startLWWriter(path, 8000)
+	appended := lwCompactLoop(t, b, w, 50, backends.Retention{MaxRecords: backends.Int64(1 << 40)})
+	total := w.finish(t)
+	seqs := lwSeqs(t, path)
+	seen := make(map[int64]int, len(seqs))
+	for _, s := range seqs {
+		seen[s]++
+	}
+	for s := range total {
+		if seen[s] != 1 {
+			t.Fatalf("record %d present %d times (%d written, %d lines)", s, seen[s], total, len(seqs))
+		}
+	}
+	if int64(len(seqs)) != total {
+		t.Fatalf("%d lines for %d records", len(seqs), total)
+	}
+	if appended == 0 {
+		t.Error("no compaction saw a concurrent append: the test did not exercise the live writer")
+	}
+	t.Logf("%d records written, %d appended during compactions", total, appended)
+	assertNoWatcherFiles(t, dir)
+}
+
+// TestLiveWriterJSONCount: with max_records the newest records remain: no
+// duplicates, and every record newer than the oldest survivor is present,
+// except within a small window at the drain boundary (records that reached
+// the old file during a swap are appended after records written to the new
+// file in that window, so a later count cut may fall between them).
+func TestLiveWriterJSONCount(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "events.ndjson")
+	b, err := backends.NewJSON(backends.JSONConfig{Name: "live", Path: path, StateDir: filepath.Join(dir, "state")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const keep = 2000
+	w := startLWWriter(path, 15000)
+	lwCompactLoop(t, b, w, 50, backends.Retention{MaxRecords: backends.Int64(keep)})
+	total := w.finish(t)
+	seqs := lwSeqs(t, path)
+	seen := map[int64]bool{}
+	for _, s := range seqs {
+		if seen[s] {
+			t.Fatalf("record %d duplicated", s)
+		}
+		seen[s] = true
+	}
+	sorted := slices.Sorted(func(yield func(int64) bool) {
+		for s := range seen {
+			if !yield(s) {
+				return
+			}
+		}
+	})
+	if len(sorted) == 0 {
+		t.Fatal("nothing left")
+	}
+	const window = 1000
+	oldest := sorted[0]
+	var missing []int64
+	for s := oldest; s < total; s++ {
+		if !seen[s] {
+			missing = append(missing, s)
+		}
+	}
+	for _, s := range missing {
+		if s >= oldest+window {
+			t.Fatalf("record %d missing (oldest survivor %d, %d written; missing above the oldest: %v)", s, oldest, total, missing)
+		}
+	}
+	if total-oldest > int64(len(seqs))+window {
+		t.Fatalf("survivors %d..%d but only %d lines", oldest, total-1, len(seqs))
+	}
+	assertNoWatcherFiles(t, dir)
+}
+
+func assertNoWatcherFiles(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if bytes.Contains([]byte(e.Name()), []byte(".watcher-")) {
+			t.Errorf("leftover %s", e.Name())
+		}
+	}
+}
