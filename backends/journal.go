@@ -37,6 +37,14 @@ func stateName(kind, name, path, suffix string) string {
 // writeFileAtomic replaces path with data durably: a temporary file in the
 // same directory, fsync, rename, fsync of the directory.
 func writeFileAtomic(path string, data []byte) error {
+	return writeFileReplace(path, data, true)
+}
+
+// writeFileReplace replaces path with data through a temporary file and a
+// rename; with durable it fsyncs the file and the directory too. Without,
+// the new content survives the process being killed but not necessarily a
+// power loss.
+func writeFileReplace(path string, data []byte, durable bool) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -49,9 +57,11 @@ func writeFileAtomic(path string, data []byte) error {
 		removeFile(f)
 		return fmt.Errorf("write %s: %w", f.Name(), err)
 	}
-	if err := f.Sync(); err != nil {
-		removeFile(f)
-		return fmt.Errorf("sync %s: %w", f.Name(), err)
+	if durable {
+		if err := f.Sync(); err != nil {
+			removeFile(f)
+			return fmt.Errorf("sync %s: %w", f.Name(), err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(f.Name())
@@ -60,6 +70,9 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := os.Rename(f.Name(), path); err != nil {
 		os.Remove(f.Name())
 		return fmt.Errorf("rename %s to %s: %w", f.Name(), path, err)
+	}
+	if !durable {
+		return nil
 	}
 	return syncDir(dir)
 }

@@ -35,13 +35,14 @@ package backends
 //     path, link name, old and new inode, catch-up offset) is written to the
 //     state directory (temp file, fsync, rename, fsync directory); the
 //     target is checked to still be the inode we read (else
-//     ErrTargetReplaced, nothing changed); rename(temp, path); fsync of the
-//     directory;
+//     ErrTargetReplaced, nothing changed); rename(temp, path); a first
+//     drain pass (below); fsync of the directory;
 //   - drain: a writer that opened the old inode before the rename may still
 //     write to it. The old file stays open and whatever lands in it past the
 //     catch-up offset is appended to the new file in whole lines (O_APPEND,
 //     one write per chunk, the journal updated with the chunk's range before
-//     each write), until the old inode has been quiet for drainQuiet
+//     each write, without fsync so the drain follows the rename at once),
+//     until the old inode has been quiet for drainQuiet
 //     (bounded by drainMax); then the link and the journal are removed.
 //
 // Guaranteed: every complete line appended to the file during a compaction is
@@ -91,6 +92,7 @@ package backends
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -597,21 +599,21 @@ func (c *compaction) run(ctx context.Context) (err error) {
 	if err := c.crash("renamed"); err != nil {
 		return err
 	}
-	if err := syncDir(dir); err != nil {
-		return err
-	}
-	if err := c.crash("dir-synced"); err != nil {
-		return err
-	}
-
-	// Drain: finish even when ctx is cancelled; the swap is done.
+	// Drain: finish even when ctx is cancelled; the swap is done. The
+	// directory is fsynced after the first drain pass, so that records that
+	// reached the old file just before the rename are appended at once.
 	dctx := context.WithoutCancel(ctx)
 	newf, err := openAppendSame(c.path, tmpInfo)
 	if err != nil {
 		return err
 	}
 	defer newf.Close()
-	dr, err := drain(dctx, src, newf, &jr, c.j.journalPath)
+	dr, err := drain(dctx, src, newf, &jr, c.j.journalPath, func() error {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+		return c.crash("dir-synced")
+	})
 	if err != nil {
 		c.crashed = c.crashed || dr.crashed
 		return err
@@ -813,7 +815,7 @@ type drainResult struct {
 // drain appends to newf what lands in old past jr.Offset, in whole lines,
 // until old has been quiet for drainQuiet (at most drainMax), updating the
 // journal before every write.
-func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath string) (drainResult, error) {
+func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath string, afterFirst func() error) (drainResult, error) {
 	var dr drainResult
 	start := wallNow()
 	deadline := start.Add(drainMax)
@@ -877,6 +879,13 @@ func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath
 			dr.written += int64(len(chunk))
 			dr.fragment = dr.fragment || newline
 		}
+		if afterFirst != nil {
+			if err := afterFirst(); err != nil {
+				dr.crashed = true
+				return dr, err
+			}
+			afterFirst = nil
+		}
 		if quiet && jr.Offset >= size {
 			return dr, nil
 		}
@@ -900,7 +909,16 @@ func appendJournaled(newf *os.File, chunk []byte, from, to int64, newline bool, 
 		return err
 	}
 	jr.DrainTo, jr.DrainNewline, jr.NewSize = to, newline, fi.Size()
-	if err := writeJSONAtomic(journalPath, jr); err != nil {
+	// Not fsynced: the drain must follow the rename within moments (records
+	// written to the new file meanwhile come before the drained ones). A
+	// kill leaves this update in the page cache; after a power loss the
+	// previous version may come back, and Recover may then append a chunk
+	// twice: more, never less.
+	data, err := json.Marshal(jr)
+	if err != nil {
+		return err
+	}
+	if err := writeFileReplace(journalPath, data, false); err != nil {
 		return err
 	}
 	if err := hook("drain-journaled"); err != nil {
@@ -1003,7 +1021,7 @@ func (j *JSON) recoverJournal(ctx context.Context, jr *jsonJournal) error {
 			}
 			jr.DrainTo, jr.DrainNewline, jr.NewSize = 0, false, 0
 		}
-		if _, err := drain(ctx, old, newf, jr, j.journalPath); err != nil {
+		if _, err := drain(ctx, old, newf, jr, j.journalPath, nil); err != nil {
 			return err
 		}
 		if err := removeDurably(jr.OldLink); err != nil {
