@@ -83,9 +83,11 @@ package backends
 //
 // After a SIGKILL at any instant followed by Recover, the set holds the old
 // content or the new, plus every record the writer appended meanwhile: never
-// less, never a record twice. Records appended during a compaction are kept
-// (they are newer than everything; they may make the active file exceed
-// MaxBytes until the writer rotates) and counted in AppendedDuring.
+// less, never a record twice. Lines appended during a compaction are kept as
+// they are, unvalidated (they are newer than everything; the next
+// compaction drops those that are not records; they may make the active
+// file exceed MaxBytes until the writer rotates) and counted, as lines, in
+// AppendedDuring.
 //
 // Not guaranteed: (a) a writer thread that looked <path> up before the swap
 // but opens it only after the drain ended (rotDrainSettle, or rotDrainQuiet

@@ -78,70 +78,48 @@ var (
 
 // rotDrainResult is what a drain (and a catch-up) moved.
 type rotDrainResult struct {
-	records int64 // records appended
+	records int64 // lines appended
 	bytes   int64
-	invalid int64 // whole lines that are not records, dropped
 	partial int64 // bytes of an unterminated line left behind
 	next    int64 // offset after the last whole line consumed
 	leased  bool
 }
 
-// scanWholeLines calls fn for every whole ('\n'-terminated) line of f in
-// [from, to) and returns the offset after the last one.
-func scanWholeLines(ctx context.Context, f *os.File, from, to int64, fn func(line []byte) error) (int64, error) {
-	lr := newLineReader(f, from, to)
-	next := from
-	for n := 0; ; n++ {
-		if n&4095 == 4095 {
-			if err := ctx.Err(); err != nil {
-				return next, err
+// copyWholeLines appends to w the whole ('\n'-terminated) lines of f in
+// [from, to), as they are (they are not validated: they are newer than
+// everything the compaction examined, and the next compaction drops what is
+// not a record), in large blocks. An unterminated last line is left.
+func copyWholeLines(ctx context.Context, f *os.File, from, to int64, w io.Writer) (rotDrainResult, error) {
+	res := rotDrainResult{next: from}
+	buf := make([]byte, min(int64(blockSize), max(to-from, 1)))
+	for res.next < to {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		n := min(int64(len(buf)), to-res.next)
+		if m, err := f.ReadAt(buf[:n], res.next); int64(m) < n {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
 			}
+			return res, fmt.Errorf("read %s at %d: %w", f.Name(), res.next, err)
 		}
-		line, off, complete, err := lr.next()
-		if err == io.EOF || (err == nil && !complete) {
-			return next, nil
+		i := bytes.LastIndexByte(buf[:n], '\n')
+		if i < 0 {
+			if n < int64(len(buf)) {
+				return res, nil // only an unterminated line is left
+			}
+			buf = make([]byte, 2*len(buf)) // a line longer than the buffer
+			continue
 		}
-		if err != nil {
-			return next, err
+		chunk := buf[:i+1]
+		if _, err := w.Write(chunk); err != nil {
+			return res, err
 		}
-		if err := fn(line); err != nil {
-			return next, err
-		}
-		next = off + int64(len(line))
+		res.records += int64(bytes.Count(chunk, []byte{'\n'}))
+		res.bytes += int64(len(chunk))
+		res.next += int64(len(chunk))
 	}
-}
-
-// copyWholeRecords appends to w the records among the whole lines of f in
-// [from, to), dropping lines that are not records.
-func copyWholeRecords(ctx context.Context, f *os.File, from, to int64, w io.Writer) (rotDrainResult, error) {
-	var res rotDrainResult
-	var buf []byte
-	flush := func() error {
-		if len(buf) == 0 {
-			return nil
-		}
-		_, err := w.Write(buf)
-		buf = buf[:0]
-		return err
-	}
-	next, err := scanWholeLines(ctx, f, from, to, func(line []byte) error {
-		if !ClassifyLine(line[:len(line)-1]).Record {
-			res.invalid++
-			return nil
-		}
-		res.records++
-		res.bytes += int64(len(line))
-		buf = append(buf, line...)
-		if len(buf) >= blockSize {
-			return flush()
-		}
-		return nil
-	})
-	res.next = next
-	if err != nil {
-		return res, err
-	}
-	return res, flush()
+	return res, nil
 }
 
 // ---- leases ----
@@ -272,10 +250,9 @@ func drainOld(ctx context.Context, old *os.File, from int64, newf *os.File, leas
 			lastSize, lastChange = size, time.Now()
 		}
 		if size > res.next {
-			r, err := copyWholeRecords(context.WithoutCancel(ctx), old, res.next, size, w)
+			r, err := copyWholeLines(context.WithoutCancel(ctx), old, res.next, size, w)
 			res.records += r.records
 			res.bytes += r.bytes
-			res.invalid += r.invalid
 			res.next = r.next
 			if err != nil {
 				return res, err

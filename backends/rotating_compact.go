@@ -802,13 +802,12 @@ func (c *rotCompaction) catchUp(ctx context.Context, s *rotStaged) (int64, error
 		return 0, fmt.Errorf("%s shrank from %d to %d bytes (truncated by the writer): %w", a.name, a.size, fi.Size(), ErrConcurrentRotation)
 	}
 	w := &rotAppender{f: s.f, off: s.size}
-	res, err := copyWholeRecords(ctx, a.f, a.end, fi.Size(), w)
+	res, err := copyWholeLines(ctx, a.f, a.end, fi.Size(), w)
 	if err != nil {
 		return 0, fmt.Errorf("catch up with %s: %w", a.name, err)
 	}
 	c.appended += res.records
 	c.appendBytes += res.bytes
-	c.drop.Invalid += res.invalid
 	s.size = w.off
 	return res.next, c.point("caught-up")
 }
@@ -872,7 +871,6 @@ func (c *rotCompaction) commit(ctx context.Context) error {
 	res, err := c.r.rollForward(ctx, jr, old, c.point)
 	c.appended += res.records
 	c.appendBytes += res.bytes
-	c.drop.Invalid += res.invalid
 	if res.partial > 0 {
 		c.drop.Partial++
 		c.notes = append(c.notes, fmt.Sprintf("an unterminated line of %d bytes was left in the old active file after the swap: dropped as a crash leftover", res.partial))

@@ -126,9 +126,9 @@ func TestRotatingLiveWriter(t *testing.T) {
 		}
 	}()
 
-	deadline := time.Now().Add(12 * time.Second)
+	deadline := time.Now().Add(17 * time.Second)
 	var ok, conflicts, appended int64
-	for ok < 60 && time.Now().Before(deadline) {
+	for ok < 50 && time.Now().Before(deadline) {
 		rep, err := b.Compact(context.Background(), opts)
 		switch {
 		case errors.Is(err, backends.ErrConcurrentRotation):
