@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/url"
 	"os"
@@ -70,10 +71,40 @@ type RedisConfig struct {
 	StepEntries int64
 }
 
-// Redis is the backend of a redis target. Compaction trims the three
-// streams with XTRIM in bounded steps; it holds the lock key
-// {prefix}:{system_id}:watcher-lock (see RedisLockKey) while it trims, so that
-// several watchers on one Redis never trim at once.
+// Redis is the backend of a redis target: Papyra's three streams
+// {prefix}:{system_id}:events, :audits and :dead_letters.
+//
+// Compaction trims each stream with XTRIM, applying the retention in order:
+// max_age_seconds as XTRIM MINID (an entry id is its write time in ms, so
+// age is judged by the id, not by the record's timestamp field),
+// max_records as XTRIM MAXLEN, and max_total_bytes as a MAXLEN estimated
+// from MEMORY USAGE / XLEN (a report note says so); the strictest wins.
+//
+// No call blocks the server for long: the trim is done in approximate steps
+// (XTRIM … ~ … LIMIT StepEntries) repeated until no whole node is left to
+// remove, so that the stream ends within one node (stream-node-max-entries)
+// of its limit. With ApproxTrim false, one exact XTRIM then removes the rest
+// of that first node: the limit is met exactly and no call removes more than
+// StepEntries entries.
+//
+// Consumer groups: unless TrimUnacked is set, entries a group has not been
+// delivered (id above its last-delivered-id) or has pending (from the lowest
+// pending id of XPENDING) are never trimmed: the trim becomes an XTRIM MINID
+// at the lowest such id, and a report note says how many entries were held
+// back and for which group. Entries appended while a compaction runs are
+// never removed by it in that case.
+//
+// While it trims, Compact holds the lock key {prefix}:{system_id}:watcher-lock
+// (RedisLockKey; value "<node>:<random token>", SET NX PX LockTTL, renewed
+// every LockTTL/3 by a compare-and-PEXPIRE script, released by a
+// compare-and-delete script), so that several watchers on one Redis never
+// trim at once. When another holds it, Compact returns a report with
+// Skipped "held by <node>" and no error. Dry runs count (XLEN, and
+// server-side XRANGE walks of bounded pages) and take no lock.
+//
+// Every command is bounded by CommandTimeout. When Redis cannot be reached
+// the error wraps ErrUnavailable and names the target and its URL with the
+// password redacted; go-redis reconnects by itself once it is back.
 type Redis struct {
 	cfg      RedisConfig
 	client   *redis.Client
@@ -86,6 +117,20 @@ type Redis struct {
 // {prefix}:{system_id}:watcher-lock. Its value is "<node>:<random token>".
 func RedisLockKey(prefix, systemID string) string {
 	return prefix + ":" + systemID + ":watcher-lock"
+}
+
+// RouteRedisClientLogs sends go-redis' own log lines (it prints one per
+// failed dial, that is once per attempt while a server is down) to logger at
+// debug level instead of stderr. The setting is process-wide; the daemon calls
+// it once at start.
+func RouteRedisClientLogs(logger *slog.Logger) {
+	redis.SetLogger(redisLogger{logger})
+}
+
+type redisLogger struct{ l *slog.Logger }
+
+func (g redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	g.l.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
 }
 
 // RedactURL returns raw with any password replaced by "xxxxx", or a fixed
@@ -132,6 +177,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	opts.DialTimeout = min(cfg.CommandTimeout, 5*time.Second)
 	opts.ContextTimeoutEnabled = true
 	opts.MaxRetries = 1
+	opts.DialerRetries = 2
 	opts.DisableIdentity = true
 	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	r := &Redis{
@@ -560,10 +606,12 @@ func (r *Redis) trimMinID(ctx context.Context, key string, bound streamID, progr
 }
 
 // trimMaxLen keeps the newest maxLen entries of key, in bounded steps as
-// trimMinID does.
-func (r *Redis) trimMaxLen(ctx context.Context, key string, maxLen int64, progress func(int64)) (int64, error) {
+// trimMinID does. excess is how many entries were over the limit when the
+// trim began: the approximate steps stop once that many are gone, so that a
+// writer appending faster than the steps remove cannot keep them going.
+func (r *Redis) trimMaxLen(ctx context.Context, key string, maxLen, excess int64, progress func(int64)) (int64, error) {
 	var total int64
-	for {
+	for total < excess {
 		cctx, cancel := r.cmdCtx(ctx)
 		n, err := r.client.XTrimMaxLenApprox(cctx, key, maxLen, r.cfg.StepEntries).Result()
 		cancel()
@@ -696,8 +744,8 @@ func (r *Redis) plan(ctx context.Context, key string, opts CompactOptions, now t
 	return p, nil
 }
 
-// Compact trims the three streams to the retention in opts. See the package
-// documentation of Redis for what is trimmed and how.
+// Compact trims the three streams to the retention in opts; see Redis for
+// what is trimmed and how.
 func (r *Redis) Compact(ctx context.Context, opts CompactOptions) (rep Report, err error) {
 	start := time.Now()
 	rep = Report{Target: r.cfg.Name, Backend: KindRedis, StartedAt: start, DryRun: opts.DryRun, Node: r.cfg.Node}
@@ -840,7 +888,7 @@ func (r *Redis) trimStream(ctx context.Context, p *streamPlan, rep *Report, prog
 			if err != nil {
 				return total, err
 			}
-			n, err := r.trimMaxLen(ctx, p.key, p.keep, progress)
+			n, err := r.trimMaxLen(ctx, p.key, p.keep, lenBefore-p.keep, progress)
 			total += n
 			attributeCount(rep, p, lenBefore, n)
 			if err != nil {

@@ -478,6 +478,7 @@ func TestRedisDownAndRestart(t *testing.T) {
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("dry=%v: error %v does not wrap ErrUnavailable", dry, err)
 		}
+		t.Logf("dry=%v: %v", dry, err)
 		if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), srv.Addr()) {
 			t.Errorf("error leaks the password or omits the address: %v", err)
 		}
@@ -746,3 +747,52 @@ func TestRedisBadURL(t *testing.T) {
 
 // Compile-time check.
 var _ Backend = (*Redis)(nil)
+
+// TestRedisConcurrentWriter: Papyra keeps appending while the trim runs.
+// The compaction ends, the newest entries survive, and what was appended
+// during the run is reported.
+func TestRedisConcurrentWriter(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	e := newEnv(t, srv.URL())
+	ctx := context.Background()
+	fillServerSide(t, e.c, e.key("events"), 50000)
+	b := e.backend(nil)
+	stop := make(chan struct{})
+	lastID := make(chan string)
+	started := make(chan struct{})
+	go func() {
+		last := ""
+		for i := 0; ; i++ {
+			id, err := e.c.XAdd(ctx, &redis.XAddArgs{Stream: e.key("events"), Values: []any{"data", papyraEvent(1, i)}}).Result()
+			if err == nil {
+				last = id
+			}
+			if i == 10 {
+				close(started)
+			}
+			select {
+			case <-stop:
+				lastID <- last
+				return
+			default:
+			}
+		}
+	}()
+	<-started
+	rep, err := b.Compact(ctx, CompactOptions{Retention: Retention{MaxRecords: i64(1000)}})
+	close(stop)
+	last := <-lastID
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.AfterRecords < 1000 || rep.RemovedRecords < 40000 {
+		t.Errorf("report %+v", rep)
+	}
+	if rep.AppendedDuring == 0 {
+		t.Errorf("no appended_during: %+v", rep)
+	}
+	msgs, err := e.c.XRevRangeN(ctx, e.key("events"), "+", "-", 1).Result()
+	if err != nil || len(msgs) != 1 || msgs[0].ID != last {
+		t.Errorf("newest entry %v, want %s (%v)", msgs, last, err)
+	}
+}

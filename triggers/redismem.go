@@ -418,6 +418,7 @@ func (m *RedisMemory) redisInfo(ctx context.Context, url string) (string, error)
 			return "", err
 		}
 		opts.MaxRetries = -1
+		opts.DialerRetries = 1
 		opts.PoolSize = 1
 		opts.DialTimeout = redisMemMaxFetch
 		opts.ContextTimeoutEnabled = true
