@@ -796,3 +796,37 @@ func TestRedisConcurrentWriter(t *testing.T) {
 		t.Errorf("newest entry %v, want %s (%v)", msgs, last, err)
 	}
 }
+
+// TestRedisACLUser: a user that may not run MEMORY or CONFIG still
+// compacts; sizes are then unknown rather than an error.
+func TestRedisACLUser(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	admin := newEnv(t, srv.URL())
+	ctx := context.Background()
+	if err := admin.c.Do(ctx, "ACL", "SETUSER", "papyra", "on", ">pw-123", "~*", "+@all", "-memory", "-config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	admin.addEvents("events", 300)
+	e := &redisEnv{t: t, url: "redis://papyra:pw-123@" + srv.Addr() + "/0", prefix: admin.prefix, c: admin.c}
+	b := e.backend(nil)
+	rep, err := b.Compact(ctx, CompactOptions{Retention: Retention{MaxRecords: i64(100), MaxTotalBytes: i64(1 << 30)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.xlen("events") != 100 || rep.BeforeBytes != nil || rep.AfterBytes != nil || rep.ReclaimedBytes != nil || rep.RemovedRecords != 200 {
+		t.Errorf("report %+v", rep)
+	}
+	if !hasNote(rep, "mean data size") {
+		t.Errorf("notes %q", rep.Notes)
+	}
+	if st, err := b.Stat(ctx); err != nil || st.Bytes != -1 {
+		t.Errorf("stat %+v %v", st, err)
+	}
+	// A wrong password is an error naming the target, without the password.
+	bad := e.backend(func(c *RedisConfig) { c.URL = "redis://papyra:wrong-pw@" + srv.Addr() + "/0" })
+	_, err = bad.Compact(ctx, CompactOptions{Retention: Retention{MaxRecords: i64(1)}})
+	if err == nil || strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("wrong password: %v", err)
+	}
+	t.Log(err)
+}
