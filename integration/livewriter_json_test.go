@@ -121,7 +121,7 @@ func TestLiveWriterJSONNoLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := startLWWriter(path, 8000)
+	w := startLWWriter(path, 5000)
 	appended := lwCompactLoop(t, b, w, 50, backends.Retention{MaxRecords: backends.Int64(1 << 40)})
 	total := w.finish(t)
 	seqs := lwSeqs(t, path)
@@ -157,7 +157,7 @@ func TestLiveWriterJSONCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	const keep = 2000
-	w := startLWWriter(path, 15000)
+	w := startLWWriter(path, 10000)
 	lwCompactLoop(t, b, w, 50, backends.Retention{MaxRecords: backends.Int64(keep)})
 	total := w.finish(t)
 	seqs := lwSeqs(t, path)
