@@ -94,24 +94,28 @@ max_records = 1000
 	d.WaitReady(15 * time.Second)
 
 	// About 15 MB of records, appended in large writes: 75% of the tmpfs.
+	// Like Papyra's writer, every write opens and closes the file (a
+	// descriptor held across a compaction would write to the old inode).
 	var all bytes.Buffer
 	all.Write(initial)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	seq := 20
 	for usedPercent(t, mnt) < 75 {
 		chunk := genRecords(seq, 5000, 1795599500+float64(seq), 90)
 		seq += 5000
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if _, err := f.Write(chunk); err != nil {
 			t.Fatalf("filling the tmpfs: %v", err)
 		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
 		all.Write(chunk)
 	}
-	f.Close()
 	filled := usedPercent(t, mnt)
-	t.Logf("tmpfs filled to %.1f%% with %d records (%d bytes)", filled, seq, all.Len())
+	t.Logf("tmpfs at %.1f%% after writing %d records (%d bytes)", filled, seq, all.Len())
 
 	eventually(t, 20*time.Second, "usage under low_percent (50%)", func() (bool, string) {
 		if d.Exited() {
