@@ -31,6 +31,15 @@ package backends
 // is constant apart from one bit per line dropped inside the kept region and
 // the longest line (pass 1 parses whole lines).
 //
+// # Report
+//
+// BeforeRecords counts the records examined, plus the lines older than the
+// retention cut, which are counted (Dropped.Unexamined) but not parsed, plus
+// the lines appended during the compaction (AppendedDuring, also in
+// AfterRecords). Records of chunks beyond MaxFiles are in Dropped.Count, with
+// a note. BeforeBytes is the set at the snapshot plus what was appended;
+// AfterBytes what the compaction wrote into the new set.
+//
 // # Commit protocol
 //
 // Papyra's compaction unlinks the old set before renaming the new one in, so a
