@@ -245,7 +245,7 @@ func (c *rotCompaction) prepare() error {
 		}
 	}
 	c.journal = &rotJournal{Version: 1, State: rotStatePrepare, Path: c.path, Staging: c.staging, Placeholder: placeholder}
-	if err := os.MkdirAll(c.r.cfg.StateDir, 0o755); err != nil {
+	if err := os.MkdirAll(c.r.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory %s: %w", c.r.cfg.StateDir, err)
 	}
 	if err := writeJSONAtomic(c.r.journalPath(c.path), c.journal); err != nil {
