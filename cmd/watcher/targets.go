@@ -97,10 +97,15 @@ func newLogger(w WatcherConfig) *slog.Logger {
 	var level slog.Level
 	level.UnmarshalText([]byte(w.LogLevel))
 	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
 	if w.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	} else {
+		log = slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	// go-redis would print every failed dial to stderr; it goes to debug.
+	backends.RouteRedisClientLogs(log)
+	return log
 }
 
 // stringList is a repeatable string flag.
