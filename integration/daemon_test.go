@@ -720,3 +720,79 @@ func TestDaemonKilledMidCompaction(t *testing.T) {
 	}
 	wantNoLeftovers(t, data, filepath.Join(dir, "state"))
 }
+
+// TestDaemonRotating: a stuck rotation set whose active file grows is
+// compacted by the daemon back into at most max_files files of at most
+// max_bytes, keeping the newest records.
+func TestDaemonRotating(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	data := filepath.Join(dir, "data")
+	src := "testdata/papyra/rotating/stuck_rotation_overgrown_active"
+	c := loadCase(t, src)
+	copyDir(t, filepath.Join(src, "input"), data)
+	var all []byte
+	for i := c.MaxFiles - 1; i >= 0; i-- {
+		name := c.Active
+		if i > 0 {
+			name += "." + strconv.Itoa(i)
+		}
+		b, _ := os.ReadFile(filepath.Join(data, name))
+		all = append(all, b...)
+	}
+	cfg := writeConfig(t, dir, daemonHeader(addr, "", "")+fmt.Sprintf(`
+[[target]]
+name = "audit"
+backend = "rotating"
+path = "data/%s"
+max_bytes = %d
+max_files = %d
+[target.retention]
+max_records = 40
+`, c.Active, c.MaxBytes, c.MaxFiles))
+	d := startDaemon(t, cfg, addr)
+	d.WaitReady(15 * time.Second)
+	// Short records: the 40 kept fit in max_files × max_bytes.
+	more := genRecords(0, 200, 1795599990, 10)
+	appendRecords(t, filepath.Join(data, c.Active), more)
+	all = append(all, more...)
+	rep := d.waitReport(15*time.Second, "audit", func(report) bool { return true })
+	if rep.Error != "" || rep.Trigger != "growth" || rep.Backend != "rotating" {
+		t.Fatalf("last_report %+v; want a successful growth compaction of the rotating set", rep)
+	}
+	files := readDirFiles(t, data)
+	if rep.AppendedDuring == 0 {
+		lines := splitLines(all)
+		want := chunk(lines[len(lines)-40:], c.Active, c.MaxBytes, c.MaxFiles)
+		if !sameFiles(files, want) {
+			t.Errorf("rotation set after compaction: %s; want exactly %s laid out as Papyra would", names(files), names(want))
+		}
+	}
+	var joined []byte
+	for i := c.MaxFiles - 1; i >= 0; i-- {
+		name := c.Active
+		if i > 0 {
+			name += "." + strconv.Itoa(i)
+		}
+		b, ok := files[name]
+		if !ok {
+			continue
+		}
+		if int64(len(b)) > c.MaxBytes {
+			t.Errorf("%s holds %d bytes, more than max_bytes %d", name, len(b), c.MaxBytes)
+		}
+		joined = append(joined, b...)
+		delete(files, name)
+	}
+	if len(files) > 0 {
+		t.Errorf("files beyond the rotation set after compaction: %s", names(files))
+	}
+	if n := bytes.Count(joined, []byte("\n")); n < 40 || !isSuffixOfLines(joined, all) {
+		t.Errorf("the set holds %d lines; want the newest 40 (or more, appended meanwhile) of what was written", n)
+	}
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+}
