@@ -922,3 +922,28 @@ func TestNATSSharedServer(t *testing.T) {
 	}
 	f.next(t)
 }
+
+// FuzzNATSParseRequest: parseRequest never panics, and what it accepts
+// names only plausible config names, each once.
+func FuzzNATSParseRequest(f *testing.F) {
+	for _, seed := range []string{``, `{}`, `null`, `{"targets":["a","b","a"]}`, `{"targets":["../x"]}`,
+		`{"reason":"r","dry_run":true}`, `{"targets":[1]}`, `{"x":1}`, `{"targets":["a"]}{}`, "\x00"} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := parseRequest(data, 4096)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		seen := map[string]bool{}
+		for _, name := range req.Targets {
+			if checkTargetName(name) != nil || seen[name] {
+				t.Fatalf("accepted %q in %q", name, data)
+			}
+			seen[name] = true
+		}
+	})
+}
