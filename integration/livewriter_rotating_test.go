@@ -126,7 +126,7 @@ func TestRotatingLiveWriter(t *testing.T) {
 		}
 	}()
 
-	deadline := time.Now().Add(17 * time.Second)
+	deadline := time.Now().Add(45 * time.Second)
 	var ok, conflicts, appended int64
 	for ok < 50 && time.Now().Before(deadline) {
 		rep, err := b.Compact(context.Background(), opts)

@@ -139,14 +139,23 @@ type TargetConfig struct {
 // Duration is a TOML string such as "5s" or "6h".
 type Duration struct{ time.Duration }
 
+// valueError is a value a custom type refused. go-toml does not say where
+// such a value stands, so decodeProblems finds its line and key.
+type valueError struct {
+	value string
+	msg   string
+}
+
+func (e *valueError) Error() string { return e.msg }
+
 // UnmarshalText parses a Go duration string.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("%q is not a duration (use e.g. \"30s\", \"5m\", \"6h\")", b)
+		return &valueError{string(b), fmt.Sprintf("%q is not a duration (use a string such as \"30s\", \"5m\", \"6h\")", b)}
 	}
 	if v < 0 {
-		return fmt.Errorf("duration %q must not be negative", b)
+		return &valueError{string(b), fmt.Sprintf("duration %q must not be negative", b)}
 	}
 	d.Duration = v
 	return nil
@@ -167,7 +176,7 @@ func (p *Percent) UnmarshalText(b []byte) error {
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsNaN(v) || v < 0 || v/frac > 1 {
-		return fmt.Errorf("%q is not a percentage from 0%% to 100%%", b)
+		return &valueError{string(b), fmt.Sprintf("%q is not a percentage from 0%% to 100%% (use a string such as \"10%%\")", b)}
 	}
 	*p = Percent(v / frac)
 	return nil
@@ -280,7 +289,7 @@ func ParseConfig(path string, data []byte) (*Config, []string, error) {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(cfg); err != nil {
-		return nil, nil, &ConfigError{Path: path, Problems: decodeProblems(err)}
+		return nil, nil, &ConfigError{Path: path, Problems: decodeProblems(err, data)}
 	}
 	warnings, problems := cfg.normalize()
 	if len(problems) > 0 {
@@ -290,7 +299,7 @@ func ParseConfig(path string, data []byte) (*Config, []string, error) {
 }
 
 // decodeProblems turns go-toml's errors into "line N: key: what" lines.
-func decodeProblems(err error) []string {
+func decodeProblems(err error, data []byte) []string {
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) {
 		var out []string
@@ -309,7 +318,44 @@ func decodeProblems(err error) []string {
 		}
 		return []string{fmt.Sprintf("line %d: %s", row, de.Error())}
 	}
+	var ve *valueError
+	if errors.As(err, &ve) {
+		if line, key, ok := locateValue(data, ve.value); ok {
+			return []string{fmt.Sprintf("line %d: %s: %s", line, key, ve.msg)}
+		}
+		return []string{ve.msg}
+	}
 	return []string{err.Error()}
+}
+
+// locateValue finds the first `key = value` line whose value is raw (quoted
+// or not) and returns its line number and dotted key, with the table it
+// stands in.
+func locateValue(data []byte, raw string) (line int, key string, ok bool) {
+	table := ""
+	for i, l := range strings.Split(string(data), "\n") {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "[") {
+			table = strings.Trim(t, "[] \t")
+			continue
+		}
+		k, v, found := strings.Cut(t, "=")
+		if !found {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if c := strings.Index(v, " #"); c >= 0 {
+			v = strings.TrimSpace(v[:c])
+		}
+		if v == raw || strings.Trim(v, `"'`) == raw {
+			k = strings.TrimSpace(k)
+			if table != "" {
+				k = table + "." + k
+			}
+			return i + 1, k, true
+		}
+	}
+	return 0, "", false
 }
 
 // normalize fills defaults, resolves paths and per-target overrides, and

@@ -195,3 +195,16 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigValueErrorsHaveLineAndKey(t *testing.T) {
+	for _, v := range []string{`"5 seconds"`, `5`} {
+		_, _, err := parse(t, "[watcher]\nnode = \"n\"\n\n[policy]\ndebounce = "+v+"  # comment\n")
+		if err == nil || !strings.Contains(err.Error(), "line 5: policy.debounce: ") {
+			t.Errorf("%s: %v", v, err)
+		}
+	}
+	_, _, err := parse(t, "[[target]]\nname = \"a\"\nbackend = \"memory\"\n[target.triggers.timer]\njitter = \"300%\"\n")
+	if err == nil || !strings.Contains(err.Error(), "line 5: target.triggers.timer.jitter: ") {
+		t.Errorf("jitter: %v", err)
+	}
+}
