@@ -42,13 +42,17 @@ package backends
 //     catch-up offset is appended to the new file in whole lines (O_APPEND,
 //     one write per chunk, the journal updated with the chunk's range before
 //     each write, without fsync so the drain follows the rename at once),
-//     until the old inode has been quiet for drainQuiet
-//     (bounded by drainMax); then the link and the journal are removed.
+//     until no process has the old inode open for writing (see below);
+//     then the link and the journal are removed.
 //
 // Guaranteed: every complete line appended to the file during a compaction is
 // in the new file exactly once, whether it was written before the rename
-// (catch-up or drain) or after (directly to the new file), provided the
-// writer's open-write-close takes less than the drain window. Not guaranteed:
+// (catch-up or drain) or after (directly to the new file): the drain ends
+// only once no process has the old file open for writing (a read lease can be
+// taken on it), waiting up to drainMax for a writer that keeps it open; where
+// leases are unavailable (NFS, no CAP_LEASE and not the owner) it ends once
+// the old file has been quiet for drainQuiet, and a writer slower than that
+// between its open and its write could lose its line. Not guaranteed:
 // the order of records appended to the old inode during the drain window
 // relative to records written directly to the new file in that window (the
 // drained ones may come after newer ones), and a line written with several
@@ -813,8 +817,11 @@ type drainResult struct {
 }
 
 // drain appends to newf what lands in old past jr.Offset, in whole lines,
-// until old has been quiet for drainQuiet (at most drainMax), updating the
-// journal before every write.
+// updating the journal before every write, until no writer can add to old
+// any more: no process has it open for writing (checked with a read lease;
+// nobody can open it by name since the rename), or, where leases are not
+// available, old has been quiet for drainQuiet. A writer that keeps old open
+// is waited for up to drainMax.
 func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath string, afterFirst func() error) (drainResult, error) {
 	var dr drainResult
 	start := wallNow()
@@ -833,8 +840,15 @@ func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath
 		if size != lastSize {
 			lastSize, lastChange = size, now
 		}
-		quiet := now.Sub(lastChange) >= drainQuiet
-		final := quiet || now.After(deadline)
+		var final bool
+		switch present, known := openForWriting(old); {
+		case known && !present:
+			final = true // frozen: this pass takes the rest
+		case known:
+			final = now.After(deadline) // a writer has it open: wait for it
+		default:
+			final = now.Sub(lastChange) >= drainQuiet || now.After(deadline)
+		}
 		lr := newLineReader(old, jr.Offset, size)
 		for jr.Offset < size {
 			chunk = chunk[:0]
@@ -886,10 +900,10 @@ func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath
 			}
 			afterFirst = nil
 		}
-		if quiet && jr.Offset >= size {
+		if final && jr.Offset >= size {
 			return dr, nil
 		}
-		if now.After(deadline) {
+		if final {
 			slog.Warn("the old file was still being written to when the drain ended",
 				"path", jr.Path, "old_file", jr.OldLink)
 			return dr, nil

@@ -142,16 +142,29 @@ func leaseWanted(f *os.File) bool {
 	return err == nil && v == unix.F_UNLCK
 }
 
-// noWriters reports whether no process has f's file open for writing: a
-// read lease can be taken then (and is released at once). It reports false
-// where leases are not available.
+// noWriters reports whether no process has f's file open for writing. It
+// reports false where leases are not available.
 func noWriters(f *os.File) bool {
-	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_RDLCK); err != nil {
-		return false
+	present, known := openForWriting(f)
+	return known && !present
+}
+
+// openForWriting reports whether some process has f's file open for
+// writing (present), by trying to take a read lease on f, which must be
+// open read-only; the lease is released at once. known is false where
+// leases are not available (NFS, a process without CAP_LEASE that does not
+// own the file): then nothing can be told.
+func openForWriting(f *os.File) (present, known bool) {
+	_, err := unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_RDLCK)
+	switch {
+	case err == nil:
+		unix.FcntlInt(f.Fd(), unix.F_SETOWN, 0)
+		releaseLease(f)
+		return false, true
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EBUSY):
+		return true, true
 	}
-	unix.FcntlInt(f.Fd(), unix.F_SETOWN, 0)
-	releaseLease(f)
-	return true
+	return false, false
 }
 
 func releaseLease(f *os.File) {
