@@ -995,6 +995,10 @@ func (j *JSON) recoverLocked(ctx context.Context, path string) error {
 	if err := removeTempLeftovers(dir, base); err != nil {
 		return fmt.Errorf("json target %s: %w", j.cfg.Name, err)
 	}
+	// A kill while the journal itself was being written leaves its temp.
+	if err := removeTempLeftovers(filepath.Dir(j.journalPath), filepath.Base(j.journalPath)); err != nil {
+		return fmt.Errorf("json target %s: %w", j.cfg.Name, err)
+	}
 	return nil
 }
 
