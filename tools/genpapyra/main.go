@@ -30,7 +30,7 @@ func line(b []byte, rng *rand.Rand, i int, ts float64) []byte {
 	case k == 1:
 		b = fmt.Appendf(b, `{"kind": "dead_letter", "system_id": "local", "target": null, "message_type": "Ping", "payload": {"seq": %d}, "timestamp": %s}`, i, tsText)
 	default:
-		b = fmt.Appendf(b, `{"kind": "event", "system_id": "local", "actor_address": "local://worker/%d", "event_type": "%s", "payload": {"seq": %d, "note": "hello"}, "timestamp": %s}`,
+		b = fmt.Appendf(b, `{"kind": "event", "system_id": "local", "actor_address": "local://pool/worker/%d", "event_type": "%s", "payload": {"seq": %d, "note": "hello, papyra"}, "timestamp": %s}`,
 			rng.IntN(7), eventTypes[rng.IntN(len(eventTypes))], i, tsText)
 	}
 	return append(b, '\n')
