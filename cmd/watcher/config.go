@@ -394,8 +394,9 @@ func (c *Config) normalize() (warnings, problems []string) {
 		bad("watcher.log_format: %q is not one of text, json", w.LogFormat)
 	}
 	if w.Node == "" {
-		if h, err := os.Hostname(); err == nil {
-			w.Node = h
+		// The short hostname: a node name is one NATS subject token.
+		if h, err := os.Hostname(); err == nil && h != "" {
+			w.Node, _, _ = strings.Cut(h, ".")
 		} else {
 			w.Node = "watcher"
 		}
