@@ -214,7 +214,7 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 	// takes a dial timeout, and Publish must not wait for it.
 	nc, err := nats.Connect(strings.Join(n.cfg.urls(), ","), n.opts...)
 	if err != nil {
-		return fmt.Errorf("nats trigger: connect to %s: %w", n.cfg.URL, err)
+		return fmt.Errorf("nats trigger: connect to %s: %w", n.cfg.redactedURLs(), err)
 	}
 	n.mu.Lock()
 	n.nc, n.running, n.stop = nc, true, ctx
@@ -251,7 +251,7 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 		_ = nc.FlushTimeout(5 * time.Second)
 	}
 	close(n.ready)
-	n.logger.Info("nats trigger started", "servers", n.cfg.URL, "prefix", n.cfg.SubjectPrefix, "node", n.cfg.Node)
+	n.logger.Info("nats trigger started", "servers", n.cfg.redactedURLs(), "prefix", n.cfg.SubjectPrefix, "node", n.cfg.Node)
 
 	pubDone := make(chan struct{})
 	go func() {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -140,6 +141,28 @@ func (c NATSConfig) urls() []string {
 		}
 	}
 	return out
+}
+
+// redactedURLs is URL for logs and errors: every server URL with its
+// password, or its token (a user without a password), replaced by "xxxxx".
+func (c NATSConfig) redactedURLs() string {
+	us := c.urls()
+	for i, raw := range us {
+		u, err := url.Parse(raw)
+		switch {
+		case err != nil:
+			us[i] = "<invalid url>"
+		case u.User == nil:
+		default:
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				u.User = url.User("xxxxx")
+			}
+			us[i] = u.String()
+		}
+	}
+	return strings.Join(us, ",")
 }
 
 // validToken reports whether s can be used as one or more tokens of a
@@ -305,7 +328,7 @@ func ConnectNATS(cfg NATSConfig, timeout time.Duration) (*nats.Conn, error) {
 	opts = append(opts, nats.Name("papyra-watcher request"), nats.Timeout(timeout), nats.NoReconnect())
 	nc, err := nats.Connect(strings.Join(cfg.urls(), ","), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.URL, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.redactedURLs(), err)
 	}
 	return nc, nil
 }
