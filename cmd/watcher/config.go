@@ -32,11 +32,13 @@ type Config struct {
 
 // WatcherConfig is [watcher].
 type WatcherConfig struct {
-	StateDir   string `toml:"state_dir"`
-	HTTPListen string `toml:"http_listen"`
-	LogLevel   string `toml:"log_level"`
-	LogFormat  string `toml:"log_format"`
-	Node       string `toml:"node"`
+	StateDir string `toml:"state_dir"`
+	// HTTPListen is nil when the key is absent (the default address), ""
+	// when HTTP is turned off.
+	HTTPListen *string `toml:"http_listen"`
+	LogLevel   string  `toml:"log_level"`
+	LogFormat  string  `toml:"log_format"`
+	Node       string  `toml:"node"`
 	// CompactionTimeout bounds one compaction (extension; default 30m).
 	CompactionTimeout Duration `toml:"compaction_timeout"`
 	// LockTimeout is how long a compaction waits for another compactor of
@@ -245,6 +247,10 @@ func (t *TriggersConfig) apply(o TriggersConfig) {
 	overlay(&t.RedisMemory.LowPercent, o.RedisMemory.LowPercent)
 }
 
+// defaultHTTPListen is where /metrics, /healthz, /readyz and /status are
+// served when the config does not say: loopback only.
+const defaultHTTPListen = "127.0.0.1:9464"
+
 // Limits that no sane config reaches; larger values are refused rather than
 // trusted.
 const (
@@ -377,6 +383,9 @@ func (c *Config) normalize() (warnings, problems []string) {
 	w := &c.Watcher
 	if w.StateDir == "" {
 		w.StateDir = ".watcher"
+	}
+	if w.HTTPListen == nil {
+		w.HTTPListen = ptr(defaultHTTPListen)
 	}
 	w.StateDir = absPath(w.StateDir)
 	switch w.LogLevel {

@@ -208,3 +208,14 @@ func TestConfigValueErrorsHaveLineAndKey(t *testing.T) {
 		t.Errorf("jitter: %v", err)
 	}
 }
+
+func TestHTTPListenDefaultAndOff(t *testing.T) {
+	cfg, _, err := parse(t, "[watcher]\nnode = \"n\"\n")
+	if err != nil || *cfg.Watcher.HTTPListen != "127.0.0.1:9464" {
+		t.Fatalf("absent http_listen: %v %v", err, cfg)
+	}
+	cfg, _, err = parse(t, "[watcher]\nhttp_listen = \"\"\n")
+	if err != nil || *cfg.Watcher.HTTPListen != "" {
+		t.Fatalf("http_listen = \"\" must turn HTTP off: %v", err)
+	}
+}

@@ -223,7 +223,7 @@ func (d *daemon) run(ctx context.Context, configPath string, hup <-chan os.Signa
 	}
 
 	var srv *http.Server
-	if addr := d.config().Watcher.HTTPListen; addr != "" {
+	if addr := *d.config().Watcher.HTTPListen; addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("http_listen %s: %w", addr, err)
