@@ -457,6 +457,7 @@ backoff_max = "800ms"`)
 			delays = append(delays, t1.Sub(t0))
 		}
 	}
+	t.Logf("retry delays logged before the target was stuck: %v", delays)
 	if len(delays) < 2 || delays[0] < 150*time.Millisecond || delays[1] < delays[0] {
 		t.Errorf("retry delays after the first failures %v: want a backoff from 200ms, growing", delays)
 	}
