@@ -356,7 +356,8 @@ func lastLineEnd(f *os.File, size int64) (int64, error) {
 }
 
 // partialExpired reports whether an unterminated last line of a file last
-// modified at mtime is a crash leftover.
+// modified at mtime is a crash leftover rather than a write in flight. With
+// no grace it is always taken for a write in flight.
 func partialExpired(mtime time.Time, grace time.Duration) bool {
 	return grace > 0 && wallNow().Sub(mtime) > grace
 }

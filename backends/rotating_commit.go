@@ -541,29 +541,3 @@ func (r *Rotating) removeStagingLeftovers(path, keep string) error {
 	return nil
 }
 
-// rotLastLineEnd returns the offset just after the last '\n' in [0, size).
-func rotLastLineEnd(f *os.File, size int64) (int64, error) {
-	buf := make([]byte, min(int64(64<<10), max(size, 1)))
-	for hi := size; hi > 0; {
-		n := min(int64(len(buf)), hi)
-		lo := hi - n
-		if m, err := f.ReadAt(buf[:n], lo); int64(m) < n {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return 0, fmt.Errorf("read %s: %w", f.Name(), err)
-		}
-		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
-			return lo + int64(i) + 1, nil
-		}
-		hi = lo
-	}
-	return 0, nil
-}
-
-// rotPartialExpired reports whether an unterminated last line of a file last
-// modified at mtime is a crash leftover rather than a write in flight. With
-// no grace it is always taken for a write in flight.
-func rotPartialExpired(mtime time.Time, grace time.Duration) bool {
-	return grace > 0 && time.Since(mtime) > grace
-}

@@ -360,11 +360,11 @@ func (c *rotCompaction) snapshot() error {
 	// file has been quiet for PartialLineGrace: then it is a crash leftover and
 	// is treated like any segment's last line.
 	if a := c.active; a != nil && a.size > 0 {
-		l0, err := rotLastLineEnd(a.f, a.size)
+		l0, err := lastLineEnd(a.f, a.size)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", a.name, err)
 		}
-		if l0 < a.size && !rotPartialExpired(a.fi.ModTime(), c.opts.PartialLineGrace) {
+		if l0 < a.size && !partialExpired(a.fi.ModTime(), c.opts.PartialLineGrace) {
 			a.end = l0
 			c.notes = append(c.notes, fmt.Sprintf("%s ends in an unterminated line written %s ago: treated as a write in flight",
 				a.name, time.Since(a.fi.ModTime()).Round(time.Millisecond)))
@@ -441,7 +441,7 @@ func (c *rotCompaction) pass1(ctx context.Context) error {
 		end := f.end
 		// An unterminated last line first: readLinesBackward wants a line
 		// boundary.
-		l, err := rotLastLineEnd(f.f, end)
+		l, err := lastLineEnd(f.f, end)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", f.name, err)
 		}
