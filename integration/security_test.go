@@ -419,11 +419,8 @@ func TestSecurityHTTPDefaultLoopback(t *testing.T) {
 	})
 	m := re.FindStringSubmatch(d.Stderr())
 	if m == nil {
-		// KNOWN BUG (reported by the reliability suite, issue 7): an
-		// absent http_listen turns HTTP off instead of defaulting to
-		// 127.0.0.1:9464, so `watcher status` (whose default --addr is
-		// 127.0.0.1:9464) cannot reach a daemon run with a minimal config.
-		t.Fatalf("KNOWN BUG cmd/watcher/config.go: no http_listen key: the daemon serves no HTTP at all; INTERFACE.md and README promise the loopback default 127.0.0.1:9464\n%s", d.Stderr())
+		// Until d56c718 an absent http_listen turned HTTP off.
+		t.Fatalf("no http_listen key: the daemon serves no HTTP at all; INTERFACE.md and README promise the loopback default 127.0.0.1:9464\n%s", d.Stderr())
 	}
 	if got := m[1] + m[2]; got != "127.0.0.1:9464" {
 		t.Errorf("default listen address %q, want 127.0.0.1:9464 (loopback)", got)
