@@ -578,31 +578,12 @@ func (r *Redis) bytesPerEntry(ctx context.Context, key string, n int64) (float64
 // is left to remove, then, for exact trims, one exact XTRIM that removes the
 // rest of the first node. It returns the entries removed.
 func (r *Redis) trimMinID(ctx context.Context, key string, bound streamID, progress func(int64)) (int64, error) {
-	var total int64
-	for {
-		cctx, cancel := r.cmdCtx(ctx)
-		n, err := r.client.XTrimMinIDApprox(cctx, key, bound.String(), r.cfg.StepEntries).Result()
-		cancel()
-		if err != nil {
-			return total, r.fail(ctx, "XTRIM MINID ~", key, err)
-		}
-		total += n
-		progress(n)
-		if n == 0 {
-			break
-		}
-	}
-	if !r.cfg.ApproxTrim {
-		cctx, cancel := r.cmdCtx(ctx)
-		n, err := r.client.XTrimMinID(cctx, key, bound.String()).Result()
-		cancel()
-		if err != nil {
-			return total, r.fail(ctx, "XTRIM MINID", key, err)
-		}
-		total += n
-		progress(n)
-	}
-	return total, nil
+	id := bound.String()
+	return r.trimInSteps(ctx, key, "XTRIM MINID", -1, progress,
+		func(ctx context.Context) *redis.IntCmd {
+			return r.client.XTrimMinIDApprox(ctx, key, id, r.cfg.StepEntries)
+		},
+		func(ctx context.Context) *redis.IntCmd { return r.client.XTrimMinID(ctx, key, id) })
 }
 
 // trimMaxLen keeps the newest maxLen entries of key, in bounded steps as
@@ -610,29 +591,43 @@ func (r *Redis) trimMinID(ctx context.Context, key string, bound streamID, progr
 // trim began: the approximate steps stop once that many are gone, so that a
 // writer appending faster than the steps remove cannot keep them going.
 func (r *Redis) trimMaxLen(ctx context.Context, key string, maxLen, excess int64, progress func(int64)) (int64, error) {
+	return r.trimInSteps(ctx, key, "XTRIM MAXLEN", excess, progress,
+		func(ctx context.Context) *redis.IntCmd {
+			return r.client.XTrimMaxLenApprox(ctx, key, maxLen, r.cfg.StepEntries)
+		},
+		func(ctx context.Context) *redis.IntCmd { return r.client.XTrimMaxLen(ctx, key, maxLen) })
+}
+
+// trimInSteps runs approximate steps until one removes nothing (or, with
+// excess >= 0, until excess entries are gone), then, for exact trims, the
+// exact command once. Each call has its own timeout.
+func (r *Redis) trimInSteps(ctx context.Context, key, name string, excess int64, progress func(int64),
+	approx, exact func(context.Context) *redis.IntCmd) (int64, error) {
 	var total int64
-	for total < excess {
+	step := func(cmd func(context.Context) *redis.IntCmd, what string) (int64, error) {
 		cctx, cancel := r.cmdCtx(ctx)
-		n, err := r.client.XTrimMaxLenApprox(cctx, key, maxLen, r.cfg.StepEntries).Result()
-		cancel()
+		defer cancel()
+		n, err := cmd(cctx).Result()
 		if err != nil {
-			return total, r.fail(ctx, "XTRIM MAXLEN ~", key, err)
+			return 0, r.fail(ctx, what, key, err)
 		}
 		total += n
 		progress(n)
+		return n, nil
+	}
+	for excess < 0 || total < excess {
+		n, err := step(approx, name+" ~")
+		if err != nil {
+			return total, err
+		}
 		if n == 0 {
 			break
 		}
 	}
 	if !r.cfg.ApproxTrim {
-		cctx, cancel := r.cmdCtx(ctx)
-		n, err := r.client.XTrimMaxLen(cctx, key, maxLen).Result()
-		cancel()
-		if err != nil {
-			return total, r.fail(ctx, "XTRIM MAXLEN", key, err)
+		if _, err := step(exact, name); err != nil {
+			return total, err
 		}
-		total += n
-		progress(n)
 	}
 	return total, nil
 }

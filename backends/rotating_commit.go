@@ -540,4 +540,3 @@ func (r *Rotating) removeStagingLeftovers(path, keep string) error {
 	}
 	return nil
 }
-
