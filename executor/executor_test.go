@@ -53,7 +53,9 @@ func (f *fakeBackend) Compact(ctx context.Context, opts backends.CompactOptions)
 	return backends.Report{BeforeRecords: 10, AfterRecords: 4, BeforeBytes: backends.Int64(1000),
 		AfterBytes: backends.Int64(400)}, f.err
 }
-func (f *fakeBackend) Stat(context.Context) (backends.Stat, error) { return backends.Stat{Bytes: 1}, nil }
+func (f *fakeBackend) Stat(context.Context) (backends.Stat, error) {
+	return backends.Stat{Bytes: 1}, nil
+}
 func (f *fakeBackend) Scan(context.Context) ([]backends.Anomaly, error) {
 	return f.anomalies, nil
 }
