@@ -143,10 +143,15 @@ func (c NATSConfig) urls() []string {
 	return out
 }
 
-// redactedURLs is URL for logs and errors: every server URL with its
-// password, or its token (a user without a password), replaced by "xxxxx".
-func (c NATSConfig) redactedURLs() string {
-	us := c.urls()
+// redactedURLs is URL for logs and errors (see RedactURLs).
+func (c NATSConfig) redactedURLs() string { return RedactURLs(c.URL) }
+
+// RedactURLs returns a URL, or a comma-separated list of URLs, with every
+// password, or token (a user without a password, as in nats://TOKEN@host),
+// replaced by "xxxxx", for logs, status and errors. It never returns a
+// secret: an unparsable URL becomes "<invalid url>".
+func RedactURLs(list string) string {
+	us := NATSConfig{URL: list}.urls()
 	for i, raw := range us {
 		u, err := url.Parse(raw)
 		switch {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/papyra/watcher/backends"
 	"github.com/papyra/watcher/policy"
+	"github.com/papyra/watcher/triggers"
 )
 
 // handler serves /metrics, /healthz, /readyz and /status. Nothing it serves
@@ -103,7 +104,7 @@ func (d *daemon) status(ctx context.Context) StatusDoc {
 	}
 	if d.nats != nil {
 		ok, detail := d.nats.State()
-		doc.NATS = &ConnStatus{Addr: redactURL(cfg.NATS.URL), Connected: ok, Detail: detail}
+		doc.NATS = &ConnStatus{Addr: triggers.RedactURLs(cfg.NATS.URL), Connected: ok, Detail: detail}
 	}
 	for _, s := range d.redisMem.State() {
 		doc.Redis = append(doc.Redis, ConnStatus{Addr: s.Addr, Connected: s.Connected, Detail: s.Err})

@@ -9,11 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"reflect"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -335,28 +333,6 @@ func (o policyObserver) Triggered(kind string)           { o.m.Triggered(kind) }
 func (o policyObserver) Coalesced(target string)         { o.m.Coalesced(target) }
 func (o policyObserver) RateLimited()                    { o.m.RateLimited() }
 func (o policyObserver) Stuck(target string, stuck bool) { o.m.SetStuck(target, stuck) }
-
-// redactURL hides passwords and tokens (a token is the user part of a
-// nats:// URL) in a URL or a comma-separated list of URLs, for logs and
-// status.
-func redactURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		switch {
-		case err != nil:
-			parts[i] = "<invalid url>"
-		case u.User != nil:
-			if _, has := u.User.Password(); has {
-				u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			} else {
-				u.User = url.User("xxxxx")
-			}
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
-}
 
 // refreshSizes keeps the target_bytes gauge current (a Stat per target
 // every 15 s: a few syscalls).
