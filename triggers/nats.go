@@ -276,6 +276,9 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 		_ = nc.FlushTimeout(time.Second)
 	}
 	nc.Close()
+	// The closed handler runs asynchronously; State must not say connected
+	// once Run has returned.
+	n.state.set(false, "closed")
 	return nil
 }
 
