@@ -43,7 +43,11 @@ package backends
 //     one write per chunk, the journal updated with the chunk's range before
 //     each write, without fsync so the drain follows the rename at once),
 //     until no process has the old inode open for writing (see below);
-//     then the link and the journal are removed.
+//     then the link and the journal are removed. From before the rename to
+//     the end of the drain the new file carries a write lease (F_SETLEASE
+//     F_WRLCK, on the only descriptor open on it), so a writer's open of the
+//     path waits in the kernel until the drain is over (milliseconds), and a
+//     writer seen waiting on it ends the drain: it is done with the old file.
 //
 // Guaranteed: every complete line appended to the file during a compaction is
 // in the new file exactly once, whether it was written before the rename
@@ -52,12 +56,12 @@ package backends
 // taken on it), waiting up to drainMax for a writer that keeps it open; where
 // leases are unavailable (NFS, no CAP_LEASE and not the owner) it ends once
 // the old file has been quiet for drainQuiet, and a writer slower than that
-// between its open and its write could lose its line. Not guaranteed:
-// the order of records appended to the old inode during the drain window
-// relative to records written directly to the new file in that window (the
-// drained ones may come after newer ones), and a line written with several
-// write calls that straddles the swap (a multi-write line can interleave with
-// any other writer anyway). A drained unterminated fragment is appended with
+// between its open and its write could lose its line. Record order is kept
+// too, thanks to the lease on the new file. Not guaranteed: the order where
+// leases are unavailable (a record drained from the old inode can land after
+// one written to the new file in the same instant), and a line written with
+// several write calls that straddles the swap (a multi-write line can
+// interleave with any other writer anyway). A drained unterminated fragment is appended with
 // a newline added, so that it cannot corrupt the next record (it is then an
 // invalid line that the next compaction drops).
 //
@@ -103,6 +107,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -597,6 +602,26 @@ func (c *compaction) run(ctx context.Context) (err error) {
 	if err := c.checkTarget(off); err != nil {
 		return err
 	}
+	// The new file is written through one descriptor that holds a write
+	// lease across the rename and the drain: a writer's open of the path
+	// waits in the kernel until the drain is over, so drained records stay
+	// ahead of every later record. (A write lease needs the only open
+	// descriptor of the file, hence the reopen.)
+	newf, err := os.OpenFile(tmp.Name(), os.O_RDWR|os.O_APPEND|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", tmp.Name(), err)
+	}
+	defer newf.Close()
+	if nfi, err := newf.Stat(); err != nil || !sameInode(nfi, tmpInfo) {
+		return fmt.Errorf("%s changed under the compaction: %w", tmp.Name(), ErrTargetReplaced)
+	}
+	tmp.Close()
+	leased := takeLease(newf)
+	defer func() {
+		if leased {
+			releaseLease(newf)
+		}
+	}()
 	if err := os.Rename(tmp.Name(), c.path); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), c.path, err)
 	}
@@ -608,12 +633,7 @@ func (c *compaction) run(ctx context.Context) (err error) {
 	// directory is fsynced after the first drain pass, so that records that
 	// reached the old file just before the rename are appended at once.
 	dctx := context.WithoutCancel(ctx)
-	newf, err := openAppendSame(c.path, tmpInfo)
-	if err != nil {
-		return err
-	}
-	defer newf.Close()
-	dr, err := drain(dctx, src, newf, &jr, c.j.journalPath, func() error {
+	dr, err := drain(dctx, src, newf, leased, &jr, c.j.journalPath, func() error {
 		if err := syncDir(dir); err != nil {
 			return err
 		}
@@ -823,7 +843,10 @@ type drainResult struct {
 // nobody can open it by name since the rename), or, where leases are not
 // available, old has been quiet for drainQuiet. A writer that keeps old open
 // is waited for up to drainMax.
-func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath string, afterFirst func() error) (drainResult, error) {
+//
+// With leased, newf carries a write lease: a writer waiting on it has
+// finished with old, which ends the drain too.
+func drain(ctx context.Context, old, newf *os.File, leased bool, jr *jsonJournal, journalPath string, afterFirst func() error) (drainResult, error) {
 	var dr drainResult
 	start := wallNow()
 	deadline := start.Add(drainMax)
@@ -843,6 +866,8 @@ func drain(ctx context.Context, old, newf *os.File, jr *jsonJournal, journalPath
 		}
 		var final bool
 		switch present, known := openForWriting(old); {
+		case leased && leaseWanted(newf):
+			final = true // the writer waits to open the new file
 		case known && !present:
 			final = true // frozen: this pass takes the rest
 		case known:
@@ -1040,7 +1065,7 @@ func (j *JSON) recoverJournal(ctx context.Context, jr *jsonJournal) error {
 			}
 			jr.DrainTo, jr.DrainNewline, jr.NewSize = 0, false, 0
 		}
-		if _, err := drain(ctx, old, newf, jr, j.journalPath, nil); err != nil {
+		if _, err := drain(ctx, old, newf, false, jr, j.journalPath, nil); err != nil {
 			return err
 		}
 		if err := removeDurably(jr.OldLink); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -54,13 +55,27 @@ func TestJSONCrashRecovery(t *testing.T) {
 				f.Close()
 				appended = append(appended, line)
 			}
+			// A writer opening the path after the rename is another
+			// process in real life: its open waits on the new file's
+			// lease until the drain is over, so it runs concurrently here.
+			var writer sync.WaitGroup
 			crashHook = func(p string) error {
 				switch p {
 				case "caught-up":
 					appendTo(path, rec("A-old-inode-before-rename"))
 				case "renamed":
 					appendTo(oldLinkName(path), rec("B-old-inode-after-rename"))
-					appendTo(path, rec("C-new-file-after-rename"))
+					line := rec("C-new-file-after-rename")
+					appended = append(appended, line)
+					writer.Go(func() {
+						f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+						if err != nil {
+							t.Errorf("writer: %v", err)
+							return
+						}
+						f.WriteString(line)
+						f.Close()
+					})
 				}
 				if p == point {
 					return errTestCrash
@@ -69,6 +84,7 @@ func TestJSONCrashRecovery(t *testing.T) {
 			}
 			_, err := b.Compact(context.Background(), CompactOptions{Retention: Retention{MaxRecords: Int64(25)}})
 			crashHook = nil
+			writer.Wait()
 			if !errors.Is(err, errTestCrash) {
 				t.Fatalf("Compact err = %v, want the simulated crash", err)
 			}
