@@ -311,7 +311,8 @@ func TestLoadInProcessNoGoroutineLeak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sources := []triggers.Source{triggers.NewGrowth(tts, log), triggers.NewDisk(tts, log), triggers.NewTimer(tts, log), nt}
+	growth := triggers.NewGrowth(tts, log)
+	sources := []triggers.Source{growth, triggers.NewDisk(tts, log), triggers.NewTimer(tts, log), nt}
 	for _, s := range sources {
 		ex.Subscribe(s.Observe)
 	}
@@ -329,10 +330,12 @@ func TestLoadInProcessNoGoroutineLeak(t *testing.T) {
 			s.Run(trigCtx, engine.Signal)
 		}()
 	}
-	select {
-	case <-nt.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatal("NATS trigger not ready")
+	for name, ready := range map[string]<-chan struct{}{"NATS": nt.Ready(), "growth": growth.Ready()} {
+		select {
+		case <-ready:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s trigger not ready", name)
+		}
 	}
 	// Growth on every target, and one NATS request.
 	for i := range n {

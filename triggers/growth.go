@@ -129,7 +129,14 @@ type Growth struct {
 	// retryFailed: a reload asks to retry the watches the kernel refused.
 	retryFailed bool
 	wake        chan struct{}
+
+	ready     chan struct{} // closed once Run has watched and measured every target
+	readyOnce sync.Once
 }
+
+// Ready returns a channel closed once Run has set up its watches and taken
+// every target's baseline: growth from then on is seen.
+func (g *Growth) Ready() <-chan struct{} { return g.ready }
 
 // growthTarget is the state of one target. Guarded by Growth.mu.
 type growthTarget struct {
@@ -178,6 +185,7 @@ func NewGrowth(targets []Target, logger *slog.Logger, opts ...GrowthOptions) *Gr
 		addWatch:   func(w *fsnotify.Watcher, dir string) error { return w.Add(dir) },
 		targets:    make(map[string]*growthTarget),
 		wake:       make(chan struct{}, 1),
+		ready:      make(chan struct{}),
 	}
 	g.SetTargets(targets)
 	return g
@@ -382,6 +390,7 @@ func (g *Growth) Run(ctx context.Context, emit Emit) error {
 			emit(s)
 		}
 		l.afterEmit()
+		g.readyOnce.Do(func() { close(g.ready) })
 		if next.IsZero() {
 			flush.Stop()
 		} else {

@@ -249,6 +249,12 @@ func (d *daemon) run(ctx context.Context, configPath string, hup <-chan os.Signa
 		}()
 	}
 	stopStats := d.refreshSizes(trigCtx)
+	// Ready once growth is watched and measured: from then on an append is
+	// seen.
+	select {
+	case <-d.growth.Ready():
+	case <-ctx.Done():
+	}
 	d.ready.Store(true)
 	cfg := d.config()
 	d.log.Info("watcher running", "node", cfg.Watcher.Node, "targets", len(cfg.Targets),
