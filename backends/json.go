@@ -87,9 +87,11 @@ package backends
 //
 // # Report
 //
-// BeforeRecords counts the valid records examined plus the non-blank lines
-// older than the cut, which are not examined (Dropped.Unexamined: lines, not
-// necessarily valid records), plus records appended during the compaction.
+// BeforeRecords counts the valid records examined plus the lines older than
+// the cut that look like records (Dropped.Unexamined: lines that begin with
+// '{' and end with '}' — they are not parsed, so one that is not valid JSON
+// is counted too), plus records appended during the compaction. The other
+// non-blank lines older than the cut are counted in Dropped.Invalid.
 // AfterRecords counts the retained records plus the appended ones
 // (AppendedDuring). BeforeBytes is the size of the old file including what
 // was appended to it during the compaction; AfterBytes is what the new file
@@ -317,29 +319,6 @@ func keepInRegion(cut *Cut, info LineInfo) bool {
 	return true
 }
 
-// countUnexamined counts the non-blank lines of [0, end).
-func countUnexamined(ctx context.Context, f *os.File, end int64) (int64, error) {
-	lr := newLineReader(f, 0, end)
-	var n int64
-	for i := 0; ; i++ {
-		if i&4095 == 0 {
-			if err := ctx.Err(); err != nil {
-				return n, err
-			}
-		}
-		line, _, _, err := lr.next()
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		if !isBlankLine(line) {
-			n++
-		}
-	}
-}
-
 // lastLineEnd returns the offset just after the last '\n' in [0, size).
 func lastLineEnd(f *os.File, size int64) (int64, error) {
 	buf := make([]byte, min(int64(blockSize), max(size, 1)))
@@ -461,20 +440,20 @@ func (c *compaction) run(ctx context.Context) (err error) {
 	}
 	// Older lines need no work: count them while pass 2 copies.
 	type countResult struct {
-		n   int64
-		err error
+		shaped, other int64
+		err           error
 	}
 	counted := make(chan countResult, 1)
 	cctx, cancelCount := context.WithCancel(ctx)
 	defer cancelCount()
 	go func() {
-		n, err := countUnexamined(cctx, src, res.unexEnd)
-		counted <- countResult{n, err}
+		shaped, other, err := countUnread(cctx, src, res.unexEnd)
+		counted <- countResult{shaped, other, err}
 	}()
-	waitCount := func() (int64, error) {
+	waitCount := func() (countResult, error) {
 		r := <-counted
 		counted <- r
-		return r.n, r.err
+		return r, r.err
 	}
 	defer func() {
 		cancelCount()
@@ -498,8 +477,9 @@ func (c *compaction) run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		rep.Dropped.Unexamined = unex
-		rep.BeforeRecords = res.examined + unex
+		rep.Dropped.Unexamined = unex.shaped
+		rep.Dropped.Invalid += unex.other
+		rep.BeforeRecords = res.examined + unex.shaped
 		rep.AfterRecords = res.kept
 		rep.BeforeBytes = Int64(size)
 		after := res.keptBytes
@@ -664,9 +644,10 @@ func (c *compaction) run(ctx context.Context) (err error) {
 		c.opts.Progress(c.total, c.total)
 	}
 	appended += dr.records
-	rep.Dropped.Unexamined = unex
+	rep.Dropped.Unexamined = unex.shaped
+	rep.Dropped.Invalid += unex.other
 	rep.AppendedDuring = appended
-	rep.BeforeRecords = res.examined + unex + appended
+	rep.BeforeRecords = res.examined + unex.shaped + appended
 	rep.AfterRecords = res.kept + appended
 	rep.BeforeBytes = Int64(max(off, size) + dr.bytes)
 	rep.AfterBytes = Int64(newSize + dr.written)

@@ -28,7 +28,7 @@ type genLine struct {
 type modelResult struct {
 	out           []byte
 	afterRecords  int64
-	beforeRecords int64 // examined records + non-blank lines older than the cut
+	beforeRecords int64 // examined records + record-shaped lines older than the cut
 	partialKept   bool
 }
 
@@ -78,7 +78,8 @@ func model(lines []genLine, r Retention, now time.Time, keepPartial bool) modelR
 		res.partialKept = true
 	}
 	// before_records: walk newest first until a count or size limit
-	// rejects a record; older non-blank lines are counted unexamined.
+	// rejects a record; older lines shaped like records ('{' … '}' once
+	// stripped) are counted unexamined.
 	var cutoff float64
 	if r.MaxAgeSeconds != nil {
 		cutoff = UnixSeconds(now) - *r.MaxAgeSeconds
@@ -96,7 +97,7 @@ func model(lines []genLine, r Retention, now time.Time, keepPartial bool) modelR
 		size := int64(len(l.text))
 		if (r.MaxRecords != nil && kept >= *r.MaxRecords) || (r.MaxTotalBytes != nil && keptBytes+size > *r.MaxTotalBytes) {
 			for _, o := range lines[:i] {
-				if strings.TrimSpace(o.text) != "" {
+				if t := strings.TrimSpace(o.text); strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") {
 					res.beforeRecords++
 				}
 			}

@@ -40,6 +40,45 @@ func isBlankLine(line []byte) bool {
 	return len(pyStrip(line)) == 0
 }
 
+// countUnread counts the lines of [0, end) of f that retention dropped
+// without parsing them. shaped counts those that look like a record — a
+// line that, stripped as Python strips it, begins with '{' and ends with '}'
+// — which is Papyra's count of records unless such a line is not valid JSON;
+// other counts the remaining non-blank lines, which cannot be records.
+func countUnread(ctx context.Context, f *os.File, end int64) (shaped, other int64, err error) {
+	lr := newLineReader(f, 0, end)
+	for i := 0; ; i++ {
+		if i&4095 == 0 {
+			if err := ctx.Err(); err != nil {
+				return shaped, other, err
+			}
+		}
+		line, _, _, err := lr.next()
+		if err == io.EOF {
+			return shaped, other, nil
+		}
+		if err != nil {
+			return shaped, other, err
+		}
+		switch {
+		case recordShaped(line):
+			shaped++
+		case !isBlankLine(line):
+			other++
+		}
+	}
+}
+
+// recordShaped reports whether line, stripped, begins with '{' and ends
+// with '}'.
+func recordShaped(line []byte) bool {
+	if n := len(line); n >= 3 && line[0] == '{' && line[n-1] == '\n' && line[n-2] == '}' {
+		return true // the usual line, without stripping
+	}
+	l := pyStrip(line)
+	return len(l) >= 2 && l[0] == '{' && l[len(l)-1] == '}'
+}
+
 // lineReader reads the lines of f between two offsets, forward, with a
 // buffer of blockSize that grows only to hold a line longer than it.
 type lineReader struct {

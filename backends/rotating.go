@@ -34,7 +34,8 @@ package backends
 // # Report
 //
 // BeforeRecords counts the records examined, plus the lines older than the
-// retention cut, which are counted (Dropped.Unexamined) but not parsed, plus
+// retention cut that look like records ('{' … '}'; Dropped.Unexamined: not
+// parsed; the other non-blank ones are in Dropped.Invalid), plus
 // the lines appended during the compaction (AppendedDuring, also in
 // AfterRecords). Records of chunks beyond MaxFiles are in Dropped.Count, with
 // a note. BeforeBytes is the set at the snapshot plus what was appended;

@@ -1,7 +1,6 @@
 package backends
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -471,54 +470,28 @@ func (c *rotCompaction) pass1(ctx context.Context) error {
 	c.kLines = bi
 	if done {
 		// Everything older than the cut is dropped unread: count its lines.
-		var unexamined int64
+		var unexamined, invalid int64
 		for fi := c.cutFile; fi >= 0; fi-- {
 			f := c.files[fi]
 			end := f.end
 			if fi == c.cutFile {
 				end = cutLine // the line that ended the cut is counted already
 			}
-			n, err := rotCountLines(ctx, f.f, end)
+			shaped, other, err := countUnread(ctx, f.f, end)
 			if err != nil {
 				return fmt.Errorf("read %s: %w", f.name, err)
 			}
-			unexamined += n
+			unexamined += shaped
+			invalid += other
 		}
 		c.drop.Unexamined += unexamined
+		c.drop.Invalid += invalid
 		c.records += unexamined
 		if unexamined > 0 {
-			c.notes = append(c.notes, fmt.Sprintf("%d lines older than the retention cut were dropped unread; before_records counts them as records", unexamined))
+			c.notes = append(c.notes, fmt.Sprintf("%d lines older than the retention cut were dropped unread; before_records counts those shaped like records ('{' … '}') as records", unexamined))
 		}
 	}
 	return nil
-}
-
-// countLines counts the lines of f in [0, end): newlines, plus an
-// unterminated last line.
-func rotCountLines(ctx context.Context, f *os.File, end int64) (int64, error) {
-	buf := make([]byte, blockSize)
-	var n int64
-	var last byte = '\n'
-	for off := int64(0); off < end; {
-		if err := ctx.Err(); err != nil {
-			return 0, err
-		}
-		k := min(int64(len(buf)), end-off)
-		m, err := f.ReadAt(buf[:k], off)
-		if int64(m) < k {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return 0, err
-		}
-		n += int64(bytes.Count(buf[:k], []byte{'\n'}))
-		last = buf[k-1]
-		off += k
-	}
-	if end > 0 && last != '\n' {
-		n++
-	}
-	return n, nil
 }
 
 // ---- pass 2: chunk boundaries, oldest first ----
