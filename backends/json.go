@@ -109,6 +109,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -259,12 +261,76 @@ type scanResult struct {
 
 type span struct{ start, end int64 }
 
+// parallelMin is the smallest file pass 1 splits over two cores when every
+// line has to be classified anyway.
+var parallelMin int64 = 8 << 20
+
 // pass1 evaluates retention over the lines of [0, end), newest first.
+//
+// Without a count or size limit the cut is never done: every line is
+// classified and its fate depends on that line alone. Then, for a large file
+// on a machine with more than one core, the two halves (split at a line
+// boundary) are classified at once and their results joined.
 func pass1(ctx context.Context, f *os.File, end int64, cut *Cut, progress func(int64)) (scanResult, error) {
+	if cut.r.MaxRecords != nil || cut.r.MaxTotalBytes != nil || end < parallelMin || runtime.GOMAXPROCS(0) < 2 {
+		return pass1Range(ctx, f, 0, end, cut, progress)
+	}
+	mid, err := lastLineEnd(f, end/2)
+	if err != nil || mid == 0 {
+		return pass1Range(ctx, f, 0, end, cut, progress)
+	}
+	var mu sync.Mutex
+	prog := func(n int64) {
+		if progress != nil {
+			mu.Lock()
+			progress(n)
+			mu.Unlock()
+		}
+	}
+	var low scanResult
+	var lowErr error
+	lowCut := *cut
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		low, lowErr = pass1Range(ctx, f, 0, mid, &lowCut, prog)
+	}()
+	high, err := pass1Range(ctx, f, mid, end, cut, prog)
+	<-done
+	if err == nil {
+		err = lowErr
+	}
+	if err != nil {
+		return high, err
+	}
+	res := scanResult{
+		examined:  low.examined + high.examined,
+		kept:      low.kept + high.kept,
+		keptBytes: low.keptBytes + high.keptBytes,
+		dropped:   low.dropped,
+		overflow:  low.overflow || high.overflow,
+	}
+	res.dropped.AddCounts(high.dropped)
+	if !res.overflow {
+		res.holes = append(low.holes, high.holes...)
+		if n := len(low.holes); n > 0 && len(high.holes) > 0 && low.holes[n-1].end == high.holes[0].start {
+			res.holes[n-1].end = high.holes[0].end
+			res.holes = append(res.holes[:n], res.holes[n+1:]...)
+		}
+		if len(res.holes) > maxHoles {
+			res.overflow, res.holes = true, nil
+		}
+	}
+	return res, nil
+}
+
+// pass1Range evaluates retention over the lines of [start, end), newest
+// first; start is a line boundary.
+func pass1Range(ctx context.Context, f *os.File, start, end int64, cut *Cut, progress func(int64)) (scanResult, error) {
 	res := scanResult{}
 	var read int64
 	lastReport := end
-	err := readLinesBackward(ctx, f, 0, end, func(line []byte, off int64) bool {
+	err := readLinesBackward(ctx, f, start, end, func(line []byte, off int64) bool {
 		info := ClassifyLine(line[:len(line)-1])
 		if info.Record {
 			res.examined++

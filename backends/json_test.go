@@ -206,11 +206,12 @@ func joinLines(lines []genLine) []byte {
 // setTunables shrinks the package's sizes and waits for a test.
 func setTunables(t testing.TB, block int, holes int) {
 	t.Helper()
-	ob, oh, od, oq, ot, ow := blockSize, maxHoles, directCopyMin, drainQuiet, tailQuiet, tailMaxWait
+	ob, oh, od, oq, ot, ow, op := blockSize, maxHoles, directCopyMin, drainQuiet, tailQuiet, tailMaxWait, parallelMin
 	blockSize, maxHoles, directCopyMin = block, holes, int64(block)
 	drainQuiet, tailQuiet, tailMaxWait = time.Millisecond, time.Millisecond, 50*time.Millisecond
 	t.Cleanup(func() {
 		blockSize, maxHoles, directCopyMin, drainQuiet, tailQuiet, tailMaxWait = ob, oh, od, oq, ot, ow
+		parallelMin = op
 	})
 }
 
@@ -300,6 +301,8 @@ func TestJSONCompactProperty(t *testing.T) {
 		block := []int{16, 64, 100, 257, 4096}[rng.IntN(5)]
 		holes := []int{2, 5, 65536}[rng.IntN(3)]
 		setTunables(t, block, holes)
+		// Half the runs split pass 1 over two cores whenever it may.
+		parallelMin = []int64{0, 8 << 20}[rng.IntN(2)]
 		g := &generator{rng: rng, ts: 1795599000, long: 3 * block}
 		lines := g.stream(rng.IntN(150))
 		r := g.retention()

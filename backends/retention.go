@@ -42,6 +42,17 @@ func (r Retention) Validate() error {
 	return nil
 }
 
+// AddCounts adds the counts of o to d.
+func (d *Dropped) AddCounts(o Dropped) {
+	d.Age += o.Age
+	d.Count += o.Count
+	d.Bytes += o.Bytes
+	d.NoTimestamp += o.NoTimestamp
+	d.Invalid += o.Invalid
+	d.Partial += o.Partial
+	d.Unexamined += o.Unexamined
+}
+
 // DropReason says why a line was not retained.
 type DropReason int
 
