@@ -21,10 +21,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/papyra/watcher/internal/testlog"
 )
 
 // watcherBin is the path of the binary TestMain built.
@@ -250,32 +251,14 @@ func eventually(t testing.TB, timeout time.Duration, msg string, cond func() (bo
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and many readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // daemonProc is a `watcher run` subprocess.
 type daemonProc struct {
 	t      testing.TB
 	cmd    *exec.Cmd
 	Addr   string // http_listen
 	Config string
-	stderr *syncBuffer
-	stdout *syncBuffer
+	stderr *testlog.Buffer
+	stdout *testlog.Buffer
 	done   chan struct{}
 	err    error // set when done is closed
 }
@@ -286,8 +269,8 @@ type daemonProc struct {
 func startDaemon(t testing.TB, config, addr string) *daemonProc {
 	t.Helper()
 	cmd := exec.Command(watcherBin, "run", "--config", config)
-	d := &daemonProc{t: t, cmd: cmd, Addr: addr, Config: config, stderr: &syncBuffer{},
-		stdout: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemonProc{t: t, cmd: cmd, Addr: addr, Config: config, stderr: &testlog.Buffer{},
+		stdout: &testlog.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
 	cmd.Dir = filepath.Dir(config)
 	if err := cmd.Start(); err != nil {

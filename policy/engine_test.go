@@ -1,13 +1,11 @@
 package policy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/papyra/watcher/backends"
 	"github.com/papyra/watcher/executor"
+	"github.com/papyra/watcher/internal/testlog"
 )
 
 // ranJob is one job the fake runner ran, with virtual start and end times
@@ -151,24 +150,6 @@ func (o *observer) Stuck(target string, stuck bool) {
 	o.mu.Unlock()
 }
 
-// logBuf is a concurrency-safe log sink.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
 // harness is an engine running in a synctest bubble.
 type harness struct {
 	t      *testing.T
@@ -176,14 +157,14 @@ type harness struct {
 	e      *Engine
 	r      *fakeRunner
 	obs    *observer
-	logs   *logBuf
+	logs   *testlog.Buffer
 	cancel context.CancelFunc
 	errc   chan error
 }
 
 func start(t *testing.T, cfg Config, dur time.Duration) *harness {
 	t.Helper()
-	h := &harness{t: t, t0: time.Now(), obs: newObserver(), logs: &logBuf{}, errc: make(chan error, 1)}
+	h := &harness{t: t, t0: time.Now(), obs: newObserver(), logs: &testlog.Buffer{}, errc: make(chan error, 1)}
 	h.r = newFakeRunner(h.t0, dur)
 	h.e = New(cfg, h.r, slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	h.e.SetObserver(h.obs)
@@ -512,10 +493,10 @@ func TestBackoffStuckAndRecovery(t *testing.T) {
 		if want := []string{"a=true", "a=false"}; !slices.Equal(h.obs.stuck, want) {
 			t.Errorf("Stuck hooks %v, want %v", h.obs.stuck, want)
 		}
-		if n := h.logs.count("target is stuck"); n != 1 {
+		if n := h.logs.Count("target is stuck"); n != 1 {
 			t.Errorf("%d stuck warnings, want 1", n)
 		}
-		if n := h.logs.count("target recovered"); n != 1 {
+		if n := h.logs.Count("target recovered"); n != 1 {
 			t.Errorf("%d recovery lines, want 1", n)
 		}
 	})
@@ -666,7 +647,7 @@ func TestReplyComesFromARunStartedAfterTheSignal(t *testing.T) {
 		if want := map[string]string{"a": "[]", "b": "[]", "nope": "[unknown target]"}; fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("replies %v, want %v", got, want)
 		}
-		if n := h.logs.count("signal for unknown target"); n != 1 {
+		if n := h.logs.Count("signal for unknown target"); n != 1 {
 			t.Errorf("%d unknown-target warnings, want 1", n)
 		}
 

@@ -1,7 +1,6 @@
 package triggers
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -20,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/internal/testlog"
 	"github.com/papyra/watcher/internal/testutil"
 	"github.com/papyra/watcher/policy"
 )
@@ -102,24 +102,6 @@ func okReport(sig policy.Signal, target string) backends.Report {
 	return r
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func uniquePrefix(t *testing.T) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -136,7 +118,7 @@ func redisTarget(name string) Target {
 
 type nodeOpts struct {
 	cfg    NATSConfig
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 	noWait bool // do not wait until connected and subscribed
 }
 
@@ -724,7 +706,7 @@ func TestNATSReconnectAfterServerRestart(t *testing.T) {
 	srv := testutil.StartNATS(t)
 	srv.Shutdown() // down at start: Run must not fail
 	f := newFakePolicy()
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	prefix := uniquePrefix(t)
 	n := startNodeOpts(t, srv.URL, nodeOpts{cfg: NATSConfig{SubjectPrefix: prefix}, logs: logs, noWait: true}, []Target{fileTarget("events")}, f)
 	<-n.ready
@@ -780,7 +762,7 @@ func TestNATSTokenAuth(t *testing.T) {
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization violation") || !strings.Contains(err.Error(), srv.URL) {
 		t.Fatalf("ConnectNATS with a wrong token: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	bad := startNodeOpts(t, srv.URL, nodeOpts{cfg: NATSConfig{SubjectPrefix: prefix, Node: "bad", Token: "wrong"}, logs: logs, noWait: true}, nil, newFakePolicy())
 	d := waitState(t, bad, "refused", func(c bool, d string) bool {
 		return !c && strings.Contains(strings.ToLower(d), "authorization violation")

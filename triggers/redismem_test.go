@@ -1,7 +1,6 @@
 package triggers
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/internal/testlog"
 	"github.com/papyra/watcher/internal/testutil"
 	"github.com/papyra/watcher/policy"
 )
@@ -82,24 +82,6 @@ func (l *redisSignalLog) take() []policy.Signal {
 	s := l.sigs
 	l.sigs = nil
 	return s
-}
-
-// redisLogBuffer is a goroutine-safe log sink.
-type redisLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *redisLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *redisLogBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.b.String(), s)
 }
 
 func redisMemTarget(name, url string, high, low float64) Target {
@@ -209,7 +191,7 @@ func TestRedisMemoryUnreachableLogsOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newRedisFakeInfo()
 		f.set("h1:6379", 0.9)
-		var buf redisLogBuffer
+		var buf testlog.Buffer
 		m := NewRedisMemory([]Target{redisMemTarget("a", "redis://u:topsecret@h1/0", 80, 70)},
 			slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), RedisMemoryOptions{Info: f.info})
 		var log redisSignalLog
@@ -228,7 +210,7 @@ func TestRedisMemoryUnreachableLogsOnce(t *testing.T) {
 		if n := len(log.take()); n != 0 {
 			t.Errorf("%d signals while unreachable", n)
 		}
-		if n := buf.count("unreachable"); n != 1 {
+		if n := buf.Count("unreachable"); n != 1 {
 			t.Errorf("unreachable logged %d times, want 1", n)
 		}
 		st := m.State()
@@ -256,11 +238,11 @@ func TestRedisMemoryUnreachableLogsOnce(t *testing.T) {
 			time.Sleep(10 * time.Second)
 			synctest.Wait()
 		}
-		if n := buf.count("reachable again"); n != 1 {
+		if n := buf.Count("reachable again"); n != 1 {
 			t.Errorf("reconnect logged %d times, want 1", n)
 		}
-		if buf.count("topsecret") != 0 {
-			t.Errorf("log leaks the password: %s", buf.b.String())
+		if buf.Count("topsecret") != 0 {
+			t.Errorf("log leaks the password: %s", buf.String())
 		}
 		// A reply that cannot be read: logged once, connected but erroring.
 		f.mu.Lock()
@@ -270,7 +252,7 @@ func TestRedisMemoryUnreachableLogsOnce(t *testing.T) {
 			time.Sleep(10 * time.Second)
 			synctest.Wait()
 		}
-		if n := buf.count("cannot be read"); n != 1 {
+		if n := buf.Count("cannot be read"); n != 1 {
 			t.Errorf("invalid INFO logged %d times, want 1", n)
 		}
 		if st := m.State(); !st[0].Connected || !strings.Contains(st[0].Err, "used_memory") {
