@@ -213,7 +213,7 @@ path = %q
 [target.retention]
 max_records = 1000000
 `, filepath.Join(d, "state"), addr, debounce, file))
-	cmd := exec.Command(bin, "run", "--config", cfg)
+	cmd := daemon(bin, cfg)
 	stderr, err := cmd.StderrPipe()
 	must(err)
 	must(cmd.Start())
@@ -270,7 +270,7 @@ func benchIdle(bin string) {
 		fmt.Fprintf(&b, "[[target]]\nname = \"t%03d\"\nbackend = \"json\"\npath = %q\n[target.retention]\nmax_records = 1000\n", i, p)
 	}
 	cfg := writeConfig("idle", b.String())
-	cmd := exec.Command(bin, "run", "--config", cfg)
+	cmd := daemon(bin, cfg)
 	cmd.Stderr = io.Discard
 	must(cmd.Start())
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
@@ -281,6 +281,14 @@ func benchIdle(bin string) {
 	const hz = 100 // USER_HZ
 	pct := float64(c1-c0) / hz / idle.Seconds() * 100
 	fmt.Printf("| idle, 100 targets, %s | %.3f %% of one core | RSS %d MB | goal < 0.1 %%, < 40 MB |\n", *idle, pct, rssKB(cmd.Process.Pid)>>10)
+}
+
+// daemon is `watcher run` as a child that dies with this process, however
+// it ends.
+func daemon(bin, cfg string) *exec.Cmd {
+	cmd := exec.Command(bin, "run", "--config", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	return cmd
 }
 
 func cpuTicks(pid int) int64 {
