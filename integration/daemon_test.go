@@ -333,10 +333,7 @@ func TestDaemonGrowth(t *testing.T) {
 		t.Errorf("watcher status --json targets: %+v", doc.Targets)
 	}
 
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d, want 0", code)
-	}
+	d.StopClean()
 	d.WaitLog(time.Second, "stopped")
 }
 
@@ -423,10 +420,7 @@ func TestDaemonReload(t *testing.T) {
 		return n == 100, fmt.Sprintf("%d lines", n)
 	})
 
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d, want 0", code)
-	}
+	d.StopClean()
 }
 
 // TestDaemonSIGTERMMidCompaction: SIGTERM while a slow (throttled)
@@ -542,10 +536,7 @@ func TestDaemonRepoConfig(t *testing.T) {
 	if len(doc.Targets) != 2 {
 		t.Errorf("config.toml: /status has %d targets, want events and audit", len(doc.Targets))
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d, want 0", code)
-	}
+	d.StopClean()
 	if _, err := os.Stat(filepath.Join(dir, ".watcher")); err != nil {
 		t.Errorf("state_dir .watcher was not created next to the config: %v", err)
 	}
@@ -594,10 +585,7 @@ max_records = 100
 	if ts.Backend != "redis" {
 		t.Errorf("streams backend %q", ts.Backend)
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d, want 0", code)
-	}
+	d.StopClean()
 }
 
 // TestDaemonNATSPreBackup: a daemon connected to an embedded NATS server
@@ -644,10 +632,7 @@ url = %q
 	r = runWatcher(t, 30*time.Second, "request", "pre-backup", "--nats", other.URL, "--expect", "1", "--timeout", "1s")
 	wantCode(t, r, 1, "watcher request with no daemon listening")
 
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d, want 0", code)
-	}
+	d.StopClean()
 }
 
 // TestDaemonKilledMidCompaction: SIGKILL of the daemon while a throttled
@@ -714,10 +699,7 @@ func TestDaemonKilledMidCompaction(t *testing.T) {
 		n := bytes.Count(got, []byte("\n"))
 		return n == 30000, fmt.Sprintf("%d lines", n)
 	})
-	d2.Signal(syscall.SIGTERM)
-	if code := d2.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d", code)
-	}
+	d2.StopClean()
 	wantNoLeftovers(t, data, filepath.Join(dir, "state"))
 }
 
@@ -791,8 +773,5 @@ max_records = 40
 	if n := bytes.Count(joined, []byte("\n")); n < 40 || !isSuffixOfLines(joined, all) {
 		t.Errorf("the set holds %d lines; want the newest 40 (or more, appended meanwhile) of what was written", n)
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }

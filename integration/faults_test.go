@@ -358,10 +358,7 @@ max_records = 100
 		got, _ := os.ReadFile(path)
 		return bytes.Count(got, []byte("\n")) <= 400 && isSuffixOfLines(got, all) && bytes.Count(got, []byte("\n")) >= 100, fmt.Sprint(len(got))
 	})
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Errorf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }
 
 // TestFaultStuckTargetVisible: a daemon target whose compaction fails every
@@ -487,10 +484,7 @@ backoff_max = "800ms"`)
 	if got, _ := os.ReadFile(real); countLinesBytes(got) != 50 {
 		t.Errorf("the symlink's target was compacted though the link was refused")
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Errorf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }
 
 func countLinesBytes(b []byte) int { return bytes.Count(b, []byte("\n")) }

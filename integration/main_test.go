@@ -315,6 +315,16 @@ func (d *daemonProc) Exited() bool {
 	}
 }
 
+// StopClean sends SIGTERM and fails the test unless the daemon exits 0
+// within 15 s.
+func (d *daemonProc) StopClean() {
+	d.t.Helper()
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(15 * time.Second); code != 0 {
+		d.t.Fatalf("SIGTERM: exit %d, want 0\n%s", code, d.Stderr())
+	}
+}
+
 // Wait waits up to timeout for the process to exit and returns its exit
 // code; it fails the test on timeout.
 func (d *daemonProc) Wait(timeout time.Duration) int {

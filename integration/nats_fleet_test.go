@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -146,9 +145,6 @@ max_files = 2
 	}
 
 	for _, d := range []*daemonProc{a, b} {
-		d.Signal(syscall.SIGTERM)
-		if code := d.Wait(15 * time.Second); code != 0 {
-			t.Fatalf("SIGTERM: exit %d", code)
-		}
+		d.StopClean()
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -74,8 +73,5 @@ func TestNATSRequestDuringCompactionWaits(t *testing.T) {
 	if bytes.Count(got, marker) != 1 {
 		t.Fatalf("marker present %d times", bytes.Count(got, marker))
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }

@@ -396,10 +396,7 @@ max_records = 20
 	if fi, err := os.Stat(filepath.Join(dir2, "run", "state")); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("daemon state dir: %v, %v; want drwx------", fi.Mode().Perm(), err)
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Errorf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }
 
 // TestSecurityHTTPDefaultLoopback: with no http_listen key the daemon
@@ -489,10 +486,7 @@ max_records = 100
 	if v, _ := metricValue(parseMetrics(body), "papyra_compactor_compactions_total", nil); v != 0 {
 		t.Errorf("compactions_total = %v after HTTP requests only, want 0", v)
 	}
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Errorf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }
 
 // TestSecuritySecretsNeverShown: a Redis password in a redis:// URL, a NATS

@@ -151,10 +151,7 @@ max_records = 1000
 		_, hasRatio := metricValue(s, "papyra_compactor_disk_used_ratio", map[string]string{"mountpoint": mnt})
 		return v >= 1 && k >= 1 && hasRatio, fmt.Sprintf("compactions_total{trigger=disk,result=success} %v, triggers_total{kind=disk} %v, disk_used_ratio{mountpoint=%s} present %v", v, k, mnt, hasRatio)
 	})
-	d.Signal(syscall.SIGTERM)
-	if code := d.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("SIGTERM: exit %d", code)
-	}
+	d.StopClean()
 }
 
 // TestTmpfsENOSPC: when the compacted copy cannot be written for lack of
