@@ -1,11 +1,3 @@
-// Package backends holds the storage side of the watcher: one small
-// interface, Backend, implemented by every kind of Papyra persistence the
-// watcher can compact (json, rotating, redis, memory), and the retention
-// rules they all apply.
-//
-// Backends are the last stage of the pipeline triggers → policy → executor →
-// backends. They know nothing about why a compaction runs; they are handed
-// CompactOptions and give back a Report.
 package backends
 
 import (
@@ -40,6 +32,9 @@ var (
 	// ErrUnavailable is returned when the storage cannot be reached (for
 	// example Redis is down).
 	ErrUnavailable = errors.New("storage unavailable")
+	// ErrNotRegular is returned when a target file is not a regular file
+	// (a FIFO, a socket, a device, a directory). Nothing was changed.
+	ErrNotRegular = errors.New("not a regular file")
 )
 
 // Backend is one compactable store: a file, a rotating file set, a set of
@@ -58,7 +53,7 @@ type Backend interface {
 	// Stat returns cheap size information. It never blocks on a compaction.
 	Stat(ctx context.Context) (Stat, error)
 	// Scan reads storage without changing it and returns every anomaly it
-	// finds (see PAPYRA-FORMATS.md): the migration preflight.
+	// finds (see docs/formats.md): the migration preflight.
 	Scan(ctx context.Context) ([]Anomaly, error)
 	// Recover completes or rolls back a compaction that was interrupted
 	// (crash, SIGKILL) and removes its leftovers. It is cheap when there is
@@ -160,7 +155,22 @@ type Report struct {
 	Anomalies []Anomaly `json:"anomalies,omitempty"`
 	// Node is the node that ran the compaction.
 	Node string `json:"node,omitempty"`
+	// Method is how storage was changed: MethodInPlace, MethodCopy,
+	// MethodTrim or MethodNone; for a dry run, how it would be.
+	Method string `json:"method,omitempty"`
 }
+
+// Methods. A file target is configured with MethodAuto or MethodCopy; a
+// report says which method ran: MethodInPlace (dropped bytes collapsed out
+// of the file itself), MethodCopy (the survivors rewritten into a new
+// file), MethodTrim (Redis XTRIM) or MethodNone (nothing had to change).
+const (
+	MethodAuto    = "auto"
+	MethodCopy    = "copy"
+	MethodInPlace = "in_place"
+	MethodTrim    = "trim"
+	MethodNone    = "none"
+)
 
 // Dropped counts what a compaction removed, by reason. Lines that retention
 // removed without reading them (older than a count or size cut) are counted

@@ -8,7 +8,7 @@ import (
 // Retention is Papyra's RetentionPolicy. A nil limit is no limit.
 //
 // Records are in write order, oldest first, and the limits apply in this
-// order (PAPYRA-FORMATS.md):
+// order (docs/formats.md):
 //  1. MaxAgeSeconds drops records with timestamp < now - MaxAgeSeconds, and
 //     records without a numeric timestamp;
 //  2. MaxRecords keeps the newest N of what is left;
@@ -144,6 +144,25 @@ func (c *Cut) Offer(info LineInfo, size int64) DropReason {
 	return Kept
 }
 
+// KeepRun keeps a run of records at once, as Offer would keep each of
+// them, when none of them would be dropped by the count or size limits; it
+// reports whether it kept them. The caller has checked that every line of
+// the run is a record the age limit keeps.
+func (c *Cut) KeepRun(records, bytes int64) bool {
+	if c.done {
+		return false
+	}
+	if c.r.MaxRecords != nil && c.kept+records > *c.r.MaxRecords {
+		return false
+	}
+	if c.r.MaxTotalBytes != nil && c.bytes+bytes > *c.r.MaxTotalBytes {
+		return false
+	}
+	c.kept += records
+	c.bytes += bytes
+	return true
+}
+
 // Done reports whether no older line can be retained.
 func (c *Cut) Done() bool { return c.done }
 
@@ -155,3 +174,22 @@ func (c *Cut) Kept() int64 { return c.kept }
 
 // KeptBytes returns the stored bytes of the records retained so far.
 func (c *Cut) KeptBytes() int64 { return c.bytes }
+
+// LineInfo is what the classifier learned about one stored line.
+type LineInfo struct {
+	// Record is true when the line is a JSON object: only such lines are
+	// records. Blank lines, lines that are not JSON and JSON that is not an
+	// object are not.
+	Record bool
+	// HasTimestamp is true when the object has a numeric top-level
+	// "timestamp"; Timestamp is its value.
+	HasTimestamp bool
+	Timestamp    float64
+}
+
+// Retention returns the retention the cut evaluates.
+func (c *Cut) Retention() Retention { return c.r }
+
+// Cutoff returns the oldest timestamp (Unix seconds) an age limit keeps; it
+// is meaningful only when the retention has an age limit.
+func (c *Cut) Cutoff() float64 { return c.cutoff }

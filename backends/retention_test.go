@@ -1,7 +1,9 @@
 package backends
 
 import (
+	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -92,4 +94,19 @@ func TestDroppedAdd(t *testing.T) {
 	if d != (Dropped{Age: 1, Count: 1, Bytes: 1, NoTimestamp: 1, Invalid: 1}) {
 		t.Fatalf("%+v", d)
 	}
+}
+
+// fmtRetention shows r for a test message.
+func fmtRetention(r Retention) string {
+	s := ""
+	if r.MaxAgeSeconds != nil {
+		s += fmt.Sprintf("age=%v ", *r.MaxAgeSeconds)
+	}
+	if r.MaxRecords != nil {
+		s += fmt.Sprintf("records=%d ", *r.MaxRecords)
+	}
+	if r.MaxTotalBytes != nil {
+		s += fmt.Sprintf("bytes=%d ", *r.MaxTotalBytes)
+	}
+	return "{" + strings.TrimSpace(s) + "}"
 }

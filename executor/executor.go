@@ -9,9 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"syscall"
@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/fsx"
 )
 
 // ErrUnknownTarget is reported for a job naming a target the executor does
@@ -182,7 +183,9 @@ func (e *Executor) Recover(ctx context.Context) error {
 // Run runs one compaction of job.Target and returns its report. It waits
 // while another compaction of the same target runs (in this process or, up
 // to LockTimeout, in another). The report is also published to subscribers.
-// Failures are in Report.Error, never a panic.
+// Failures are in Report.Error, never a panic. When the backend skipped the
+// compaction because another node holds the target, the report has Skipped
+// and no Error: a skip is not a failure.
 func (e *Executor) Run(ctx context.Context, job Job) backends.Report {
 	start := time.Now()
 	rep := backends.Report{Target: job.Target, Trigger: job.Trigger, Node: e.opts.Node,
@@ -241,6 +244,12 @@ func (e *Executor) Run(ctx context.Context, job Job) backends.Report {
 		if err != nil {
 			return err
 		}
+		if r.Skipped != "" {
+			// Another node holds the target: the compaction did not run.
+			// That is not a failure (the report has Skipped and no Error),
+			// and nothing follows it, not even a requested scan.
+			return nil
+		}
 		if job.Scan {
 			anomalies, err := b.Scan(ctx)
 			if err != nil {
@@ -278,24 +287,46 @@ func throttle(ctx context.Context, l *rate.Limiter, n int) error {
 	return nil
 }
 
+// lockHook, when set (tests only), is called by withLock once the state
+// directory is open, before anything is created in it.
+var lockHook func()
+
 // withLock runs fn holding the target's lock file in the state directory, so
 // that the daemon and a manual `watcher compact` never compact one target at
-// once. It waits up to LockTimeout, then fails with ErrBusy.
+// once. It waits up to LockTimeout, then fails with ErrBusy. The state
+// directory is opened once (created 0700 if missing; a symbolic link there is
+// followed, as the backends do: it is the operator's setting) and the locks
+// directory and the lock file are created and opened relative to it
+// (fsx.Dir): a state directory renamed away and replaced meanwhile, or a
+// symbolic link at locks/ or at the lock file's name, never makes it create
+// or open a file anywhere else.
 func (e *Executor) withLock(ctx context.Context, name string, fn func() error) error {
 	if e.opts.StateDir == "" {
 		return fn()
 	}
-	dir := filepath.Join(e.opts.StateDir, "locks")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	state, err := fsx.OpenStateDir(e.opts.StateDir)
+	if err != nil {
+		return fmt.Errorf("open state directory: %w", err)
+	}
+	defer state.Close()
+	if lockHook != nil {
+		lockHook()
+	}
+	state.Chmod(0o700) // best effort: an older or hand-made state directory may be wider
+	if err := state.Mkdir("locks", 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("create state directory: %w", err)
 	}
-	os.Chmod(e.opts.StateDir, 0o700)
-	path := filepath.Join(dir, name+".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	locks, err := state.OpenSubdir("locks")
+	if err != nil {
+		return fmt.Errorf("open lock directory: %w", err)
+	}
+	defer locks.Close()
+	f, _, err := locks.OpenRegular(name+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("open lock file: %w", err)
 	}
 	defer f.Close()
+	path := f.Name()
 	deadline := time.Now().Add(e.opts.LockTimeout)
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
@@ -326,6 +357,9 @@ func (e *Executor) publish(r backends.Report, job Job) {
 		"before_bytes", nullable(r.BeforeBytes), "after_bytes", nullable(r.AfterBytes),
 		"reclaimed_bytes", nullable(r.ReclaimedBytes),
 		"started_at", r.StartedAt, "duration_ms", r.DurationMS, "dry_run", r.DryRun,
+	}
+	if r.Method != "" {
+		attrs = append(attrs, "method", r.Method)
 	}
 	if job.Reason != "" {
 		attrs = append(attrs, "reason", job.Reason)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/redis"
+	rtestutil "github.com/papyra/watcher/internal/testutil"
 )
 
 // fakeBackend counts calls and lets a test hold a compaction open.
@@ -19,7 +21,10 @@ type fakeBackend struct {
 	closed              atomic.Bool
 	hold                chan struct{} // Compact waits for it when non-nil
 	err                 error
+	skipped             string // Compact reports this as Report.Skipped
 	anomalies           []backends.Anomaly
+	scanErr             error
+	scans               atomic.Int32
 	lastOpts            backends.CompactOptions
 	mu                  sync.Mutex
 }
@@ -50,6 +55,9 @@ func (f *fakeBackend) Compact(ctx context.Context, opts backends.CompactOptions)
 			return backends.Report{}, err
 		}
 	}
+	if f.skipped != "" {
+		return backends.Report{Skipped: f.skipped}, nil
+	}
 	return backends.Report{BeforeRecords: 10, AfterRecords: 4, BeforeBytes: backends.Int64(1000),
 		AfterBytes: backends.Int64(400)}, f.err
 }
@@ -57,7 +65,8 @@ func (f *fakeBackend) Stat(context.Context) (backends.Stat, error) {
 	return backends.Stat{Bytes: 1}, nil
 }
 func (f *fakeBackend) Scan(context.Context) ([]backends.Anomaly, error) {
-	return f.anomalies, nil
+	f.scans.Add(1)
+	return f.anomalies, f.scanErr
 }
 func (f *fakeBackend) Recover(context.Context) error { f.recovers.Add(1); return nil }
 func (f *fakeBackend) Close() error                  { f.closed.Store(true); return nil }
@@ -210,5 +219,71 @@ func TestRecoverAll(t *testing.T) {
 	ex := newEx(t, t.TempDir(), b)
 	if err := ex.Recover(context.Background()); err != nil || b.recovers.Load() != 1 {
 		t.Fatalf("err %v recovers %d", err, b.recovers.Load())
+	}
+}
+
+// TestSkipIsNotAFailure: a compaction the backend skipped (another node
+// holds the target) is reported and counted as skipped, with no error, and
+// is not followed by the requested scan (whose failure would make it one).
+func TestSkipIsNotAFailure(t *testing.T) {
+	b := &fakeBackend{skipped: "held by node-2", scanErr: errors.New("scan broke")}
+	ex := newEx(t, t.TempDir(), b)
+	m := NewMetrics("n1")
+	m.InitTarget("t", "fake")
+	ex.Subscribe(m.ObserveReport)
+	r := ex.Run(context.Background(), Job{Target: "t", Trigger: "timer", Scan: true})
+	if r.Error != "" || r.Skipped != "held by node-2" || Result(r) != ResultSkipped {
+		t.Fatalf("report: error %q skipped %q result %s", r.Error, r.Skipped, Result(r))
+	}
+	if n := b.scans.Load(); n != 0 {
+		t.Errorf("scanned %d times after a skip", n)
+	}
+	if got := value(t, m, "papyra_compactor_compactions_total", "target", "t", "backend", "fake",
+		"trigger", "timer", "result", ResultSkipped); got != 1 {
+		t.Errorf("compactions_total{result=skipped} = %v, want 1", got)
+	}
+	if got := value(t, m, "papyra_compactor_compaction_errors_total", "target", "t"); got != 0 {
+		t.Errorf("compaction_errors_total = %v, want 0", got)
+	}
+}
+
+// TestRedisLockHeldElsewhereIsASkip: end to end with a real Redis backend,
+// a compaction lock another watcher holds makes a skipped report with no
+// error, counted as skipped and not as a failure.
+func TestRedisLockHeldElsewhereIsASkip(t *testing.T) {
+	url := rtestutil.SharedRedis(t)
+	prefix := rtestutil.UniquePrefix(t, url)
+	b, err := redis.New(redis.Config{Name: "t", URL: url, Prefix: prefix, Node: "n1",
+		CommandTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx := context.Background()
+	lock := redis.LockKey(prefix, redis.DefaultSystemID)
+	if err := b.Client().Set(ctx, lock, "node-2:0123456789abcdef", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ex := newEx(t, t.TempDir(), b)
+	m := NewMetrics("n1")
+	m.InitTarget("t", backends.KindRedis)
+	ex.Subscribe(m.ObserveReport)
+	ret := backends.Retention{MaxRecords: backends.Int64(1)}
+	ex.SetTargets([]Target{{Name: "t", Backend: b, Retention: ret}})
+	r := ex.Run(ctx, Job{Target: "t", Trigger: "timer"})
+	if r.Error != "" || r.Skipped != "held by node-2" {
+		t.Fatalf("report: error %q skipped %q", r.Error, r.Skipped)
+	}
+	if got := value(t, m, "papyra_compactor_compactions_total", "target", "t", "backend", backends.KindRedis,
+		"trigger", "timer", "result", ResultSkipped); got != 1 {
+		t.Errorf("compactions_total{result=skipped} = %v, want 1", got)
+	}
+	if got := value(t, m, "papyra_compactor_compaction_errors_total", "target", "t"); got != 0 {
+		t.Errorf("compaction_errors_total = %v, want 0", got)
+	}
+	// Once the other watcher's lock is gone, the compaction runs.
+	b.Client().Del(ctx, lock)
+	if r := ex.Run(ctx, Job{Target: "t", Trigger: "timer"}); r.Error != "" || r.Skipped != "" {
+		t.Fatalf("after the lock is gone: error %q skipped %q", r.Error, r.Skipped)
 	}
 }

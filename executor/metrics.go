@@ -12,7 +12,7 @@ import (
 	"github.com/papyra/watcher/backends"
 )
 
-// MetricsNamespace is the prefix of every watcher metric (INTERFACE.md).
+// MetricsNamespace is the prefix of every watcher metric (docs/http-and-metrics.md).
 const MetricsNamespace = "papyra_compactor"
 
 // Values of the result label of papyra_compactor_compactions_total.
@@ -32,7 +32,7 @@ const (
 // triggerKinds are the signal kinds (policy.Kind*, which this package cannot
 // import: policy is downstream of executor). papyra_compactor_triggers_total
 // is initialised to 0 for each so that rate() works from the first signal.
-var triggerKinds = []string{"growth", "disk", "timer", "redis_memory", "nats", "manual"}
+var triggerKinds = []string{"growth", "disk", "timer", "retention", "redis_memory", "nats", "manual"}
 
 // durationBuckets span 1 ms to 30 min: a small file compacts in
 // milliseconds, a throttled rewrite of gigabytes takes minutes.
@@ -41,7 +41,7 @@ var durationBuckets = []float64{
 	1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800,
 }
 
-// Metrics are the watcher's Prometheus metrics (INTERFACE.md, prefix
+// Metrics are the watcher's Prometheus metrics (docs/http-and-metrics.md, prefix
 // papyra_compactor_), on a private registry that also holds the Go runtime
 // and process collectors. It is safe for concurrent use.
 //
@@ -67,16 +67,26 @@ type Metrics struct {
 	stuck         *prometheus.GaugeVec // target
 	warnings      *prometheus.GaugeVec // target, kind
 	natsConnected *prometheus.GaugeVec // no labels: absent until first set
-	disk          *ratioCollector      // mountpoint
-	redis         *ratioCollector      // target
+	info          *prometheus.GaugeVec // node, version, revision: one series
+	node          string
+	disk          *ratioCollector // mountpoint
+	redis         *ratioCollector // target
+	// The retention gauges, read at scrape time from the retention
+	// trigger's estimates.
+	reclaimableBytes   *ratioCollector    // target
+	reclaimableRecords *ratioCollector    // target
+	oldestAge          *ratioCollector    // target
+	maxAge             *ratioCollector    // target
+	snap               snapshotCollectors // target (metrics_snapshot.go)
 
 	mu    sync.Mutex
 	known map[string]bool // targets passed to InitTarget and not forgotten
 }
 
 // NewMetrics returns Metrics on a new private registry. node is this node's
-// name, exposed as papyra_compactor_info{node="..."} 1 (join on instance to
-// put node names on other series).
+// name, exposed as papyra_compactor_info{node="...",version="",revision=""} 1
+// (join on instance to put node names on other series); SetBuild fills in
+// the version and revision.
 func NewMetrics(node string) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry(), known: map[string]bool{}}
 	counterVec := func(name, help string, labels ...string) *prometheus.CounterVec {
@@ -121,8 +131,21 @@ func NewMetrics(node string) *Metrics {
 	m.redis = newRatioCollector(prometheus.BuildFQName(MetricsNamespace, "", "redis_used_memory_ratio"),
 		"used_memory / maxmemory (or of system memory) of the Redis server of the target, read at scrape time.", "target")
 	m.redis.keep = m.isKnown
-	info := gaugeVec("info", "Constant 1, labelled with this node's name.", "node")
-	info.WithLabelValues(node).Set(1)
+	m.reclaimableBytes = newRatioCollector(prometheus.BuildFQName(MetricsNamespace, "", "reclaimable_bytes"),
+		"Bytes a compaction with the target's retention would remove now (estimate, refreshed every [triggers.retention] interval).", "target")
+	m.reclaimableRecords = newRatioCollector(prometheus.BuildFQName(MetricsNamespace, "", "reclaimable_records"),
+		"Records a compaction with the target's retention would remove now (estimate).", "target")
+	m.oldestAge = newRatioCollector(prometheus.BuildFQName(MetricsNamespace, "", "oldest_record_age_seconds"),
+		"Age of the oldest record on the target's storage, in seconds (0 when it holds none).", "target")
+	m.maxAge = newRatioCollector(prometheus.BuildFQName(MetricsNamespace, "", "retention_max_age_seconds"),
+		"The target's max_age_seconds; absent for a target without an age limit.", "target")
+	for _, c := range []*ratioCollector{m.reclaimableBytes, m.reclaimableRecords, m.oldestAge, m.maxAge} {
+		c.keep = m.isKnown
+	}
+	m.node = node
+	m.info = gaugeVec("info", "Constant 1, labelled with this node's name and the watcher's version and revision (the commit it was built from).",
+		"node", "version", "revision")
+	m.SetBuild("", "")
 	for _, k := range triggerKinds {
 		m.triggers.WithLabelValues(k)
 	}
@@ -132,7 +155,7 @@ func NewMetrics(node string) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.compactions, m.errors, m.dropped, m.reclaimed, m.duration, m.triggers, m.coalesced,
 		m.rateLimited, m.targetBytes, m.lastSuccess, m.stuck, m.warnings, m.natsConnected,
-		m.disk, m.redis, info,
+		m.disk, m.redis, m.reclaimableBytes, m.reclaimableRecords, m.oldestAge, m.maxAge, m.info,
 	)
 	return m
 }
@@ -165,6 +188,7 @@ func (m *Metrics) InitTarget(target, backend string) {
 	m.coalesced.WithLabelValues(target)
 	m.duration.WithLabelValues(target)
 	m.stuck.WithLabelValues(target).Set(0)
+	m.lastSuccess.WithLabelValues(target) // 0 until the first success; kept across reloads
 	for _, k := range triggerKinds {
 		for _, res := range []string{ResultSuccess, ResultFailure} {
 			m.compactions.WithLabelValues(target, backend, k, res)
@@ -299,6 +323,14 @@ func (m *Metrics) SetWarning(target, kind string, on bool) {
 	m.warnings.WithLabelValues(target, kind).Set(b2f(on))
 }
 
+// SetBuild sets the version and revision labels of
+// papyra_compactor_info{node,version,revision} 1, replacing its one
+// series. NewMetrics leaves them empty.
+func (m *Metrics) SetBuild(version, revision string) {
+	m.info.Reset()
+	m.info.WithLabelValues(m.node, version, revision).Set(1)
+}
+
 // SetNATSConnected sets nats_connected to 1 or 0. The series is absent
 // until the first call, so a watcher without NATS does not report it.
 func (m *Metrics) SetNATSConnected(connected bool) {
@@ -315,6 +347,21 @@ func (m *Metrics) SetDiskRatios(fn func() map[string]float64) { m.disk.set(fn) }
 // redis_used_memory_ratio: it returns target → used fraction (0 to 1);
 // targets not known through InitTarget are left out. nil removes the series. fn must be fast and safe for concurrent use.
 func (m *Metrics) SetRedisRatios(fn func() map[string]float64) { m.redis.set(fn) }
+
+// RetentionGauges are the values of the retention gauges, by target.
+type RetentionGauges struct {
+	ReclaimableBytes, ReclaimableRecords, OldestAgeSeconds, MaxAgeSeconds map[string]float64
+}
+
+// SetRetentionGauges sets the function read at every scrape for
+// reclaimable_bytes, reclaimable_records, oldest_record_age_seconds and
+// retention_max_age_seconds. fn must be fast and safe for concurrent use.
+func (m *Metrics) SetRetentionGauges(fn func() RetentionGauges) {
+	m.reclaimableBytes.set(func() map[string]float64 { return fn().ReclaimableBytes })
+	m.reclaimableRecords.set(func() map[string]float64 { return fn().ReclaimableRecords })
+	m.oldestAge.set(func() map[string]float64 { return fn().OldestAgeSeconds })
+	m.maxAge.set(func() map[string]float64 { return fn().MaxAgeSeconds })
+}
 
 func b2f(b bool) float64 {
 	if b {

@@ -14,7 +14,7 @@ import (
 	"github.com/papyra/watcher/backends"
 )
 
-// interfaceMetrics are the metric names INTERFACE.md promises, exactly.
+// interfaceMetrics are the metric names users have relied on from the start, exactly.
 var interfaceMetrics = []string{
 	"papyra_compactor_compactions_total",
 	"papyra_compactor_compaction_errors_total",
@@ -30,7 +30,7 @@ var interfaceMetrics = []string{
 	"papyra_compactor_redis_used_memory_ratio",
 }
 
-// extensionMetrics are the metrics added beyond INTERFACE.md.
+// extensionMetrics are the metrics added to those.
 var extensionMetrics = []string{
 	"papyra_compactor_target_stuck",
 	"papyra_compactor_warnings",
@@ -57,6 +57,10 @@ func populatedMetrics(t *testing.T) *Metrics {
 	m.SetNATSConnected(true)
 	m.SetDiskRatios(func() map[string]float64 { return map[string]float64{"/var/lib/papyra": 0.5} })
 	m.SetRedisRatios(func() map[string]float64 { return map[string]float64{"cache": 0.25} })
+	m.SetRetentionGauges(func() RetentionGauges {
+		one := map[string]float64{"events": 1}
+		return RetentionGauges{ReclaimableBytes: one, ReclaimableRecords: one, OldestAgeSeconds: one, MaxAgeSeconds: one}
+	})
 	return m
 }
 
@@ -224,12 +228,14 @@ func TestMetricsInitTargetStartsAtZero(t *testing.T) {
 	if got := value(t, m, "papyra_compactor_triggers_total", "kind", "redis_memory"); got != 0 {
 		t.Errorf("triggers_total{kind=redis_memory} = %v, want 0", got)
 	}
-	// No success yet: the timestamp must be absent, not 0 (time() - 0 would
-	// fire the no-success alert at once).
-	if s := series(t, m, "papyra_compactor_last_success_timestamp_seconds", "target", "events"); s != nil {
-		t.Errorf("last_success_timestamp_seconds present before any success: %v", s)
+	// No success yet: the timestamp is 0 (the alert rules treat 0 as
+	// "never"), present from the start so that rules see every target.
+	if s := series(t, m, "papyra_compactor_last_success_timestamp_seconds", "target", "events"); s == nil {
+		t.Errorf("last_success_timestamp_seconds absent before the first success")
+	} else if got := value(t, m, "papyra_compactor_last_success_timestamp_seconds", "target", "events"); got != 0 {
+		t.Errorf("last_success_timestamp_seconds = %v before any success, want 0", got)
 	}
-	if got := value(t, m, "papyra_compactor_info", "node", "n"); got != 1 {
+	if got := value(t, m, "papyra_compactor_info", "node", "n", "version", "", "revision", ""); got != 1 {
 		t.Errorf("info = %v, want 1", got)
 	}
 	// Idempotent: a reload calling it again keeps the counts.
@@ -390,5 +396,26 @@ func TestMetricsLint(t *testing.T) {
 		if strings.HasPrefix(p.Metric, MetricsNamespace+"_") {
 			t.Errorf("lint: %s: %s", p.Metric, p.Text)
 		}
+	}
+}
+
+// TestMetricsInfoBuildLabels: papyra_compactor_info{node,version,revision}
+// is one series, whose version and revision SetBuild sets (the watcher
+// passes what `watcher version` prints).
+func TestMetricsInfoBuildLabels(t *testing.T) {
+	m := NewMetrics("node-1")
+	m.SetBuild("v1.2.3", "0123abc")
+	if got := value(t, m, "papyra_compactor_info", "node", "node-1", "version", "v1.2.3", "revision", "0123abc"); got != 1 {
+		t.Errorf("info = %v, want 1", got)
+	}
+	if n := len(gathered(t, m)["papyra_compactor_info"].GetMetric()); n != 1 {
+		t.Errorf("%d info series, want 1", n)
+	}
+	m.SetBuild("v1.2.4", "def")
+	if n := len(gathered(t, m)["papyra_compactor_info"].GetMetric()); n != 1 {
+		t.Errorf("%d info series after a second SetBuild, want 1", n)
+	}
+	if s := series(t, m, "papyra_compactor_info", "node", "node-1", "version", "v1.2.4", "revision", "def"); s == nil {
+		t.Error("SetBuild did not replace the series")
 	}
 }

@@ -8,9 +8,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/fsx"
 )
 
 // goldenCase is testdata/papyra/<backend>/<case>/case.json.
@@ -77,108 +82,241 @@ func sumBytes(files map[string][]byte) int64 {
 	return n
 }
 
-// TestGoldenJSON compacts every json golden case with the built binary and
-// compares the file byte for byte with the expected output.
+// goldenMethods are the methods every golden case runs with. "copy"
+// rewrites the files, and the golden outputs are its result byte for byte.
+// "auto" (the default) may compact in place where the filesystem can
+// (ext4, XFS): the same records in the same order, but a file may begin
+// with one filler line and a rotating set keeps its files as the writer
+// made them instead of being cut into new chunks; where auto rewrites
+// (method "copy" in its report), the result is again the golden output
+// byte for byte.
+var goldenMethods = []string{"copy", "auto"}
+
+// goldenInPlaceCheck is registered by a golden test: once all its cases
+// ran, it fails the test unless at least one auto run compacted in place
+// on a filesystem that can (else the auto runs test nothing the copy runs
+// do not). It is skipped when -run selected only some of the auto runs.
+func goldenInPlaceCheck(t *testing.T, cases int, autoRuns, inPlace *atomic.Int64) {
+	t.Cleanup(func() {
+		tmp := os.TempDir()
+		if autoRuns.Load() == int64(cases) && inPlace.Load() == 0 && fsx.CanCollapse(tmp) {
+			t.Errorf("none of the %d golden cases was compacted in place by method auto, on %s which can collapse a range: the auto runs do not exercise in-place compaction", cases, tmp)
+		}
+	})
+}
+
+// TestGoldenJSON compacts every json golden case with the built binary:
+// with method "copy" the file must be expected.ndjson byte for byte; with
+// the default "auto", expected.ndjson after at most one leading filler
+// line, every line valid JSON (goldenMethods).
 func TestGoldenJSON(t *testing.T) {
 	cases, err := filepath.Glob("testdata/papyra/json/*/case.json")
 	if err != nil || len(cases) == 0 {
 		t.Fatalf("no json golden cases in testdata/papyra/json (err %v)", err)
 	}
+	var autoRuns, inPlace atomic.Int64
+	goldenInPlaceCheck(t, len(cases), &autoRuns, &inPlace)
 	for _, cj := range cases {
 		src := filepath.Dir(cj)
-		t.Run(filepath.Base(src), func(t *testing.T) {
-			t.Parallel()
-			c := loadCase(t, src)
-			input, err := os.ReadFile(filepath.Join(src, "input.ndjson"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			expected, err := os.ReadFile(filepath.Join(src, "expected.ndjson"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			path := filepath.Join(dir, "data", "events.ndjson")
-			writeFile(t, path, input)
-			cfg := writeConfig(t, dir, baseConfig+`
+		for _, method := range goldenMethods {
+			t.Run(filepath.Base(src)+"/"+method, func(t *testing.T) {
+				t.Parallel()
+				if method == "auto" {
+					autoRuns.Add(1)
+				}
+				if goldenJSON(t, src, method) == backends.MethodInPlace {
+					inPlace.Add(1)
+				}
+			})
+		}
+	}
+}
+
+// goldenJSON runs the json golden case in src with method and returns the
+// method its report says ran.
+func goldenJSON(t *testing.T, src, method string) string {
+	c := loadCase(t, src)
+	input, err := os.ReadFile(filepath.Join(src, "input.ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expected, err := os.ReadFile(filepath.Join(src, "expected.ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "data", "events.ndjson")
+	writeFile(t, path, input)
+	cfg := writeConfig(t, dir, baseConfig+fmt.Sprintf(`
 [[target]]
 name = "golden"
 backend = "json"
 path = "data/events.ndjson"
-`+retentionTOML(c.Retention))
+method = %q
+`, method)+retentionTOML(c.Retention))
 
-			r := runWatcher(t, 60*time.Second, "compact", "--config", cfg, "--now", c.Now.String(), "--json")
-			wantCode(t, r, 0, "compact")
-			reps := parseReports(t, r.Stdout)
-			if len(reps) != 1 {
-				t.Fatalf("want 1 report, got %d:\n%s", len(reps), r.Stdout)
-			}
-			checkGoldenReport(t, reps[0], c, "json", int64(len(input)), int64(len(expected)))
+	r := runWatcher(t, 60*time.Second, "compact", "--config", cfg, "--now", c.Now.String(), "--json")
+	wantCode(t, r, 0, "compact")
+	reps := parseReports(t, r.Stdout)
+	if len(reps) != 1 {
+		t.Fatalf("want 1 report, got %d:\n%s", len(reps), r.Stdout)
+	}
+	rep := reps[0]
+	t.Logf("method %s: report says %s", method, rep.Method)
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGoldenMethod(t, rep, method)
+	if rep.Method == backends.MethodInPlace {
+		// The file as left, filler line included.
+		checkGoldenReport(t, rep, c, "json", int64(len(input)), int64(len(got)))
+		if records := trimFiller(t, path, got); !bytes.Equal(records, expected) {
+			t.Fatalf("compacted in place, the file without its filler line differs from expected.ndjson\n--- got (%d bytes, %d without the filler):\n%s\n--- want (%d bytes):\n%s",
+				len(got), len(records), clip(got), len(expected), clip(expected))
+		}
+		if bad := invalidJSONLines(got); len(bad) > 0 {
+			t.Errorf("compacted in place, lines %v are not valid JSON (Papyra's scan reports them as corrupted):\n%s", bad, clip(got))
+		}
+	} else {
+		checkGoldenReport(t, rep, c, "json", int64(len(input)), int64(len(expected)))
+		if !bytes.Equal(got, expected) {
+			t.Fatalf("compacted file (method %s) differs from expected.ndjson\n--- got (%d bytes):\n%s\n--- want (%d bytes):\n%s",
+				rep.Method, len(got), clip(got), len(expected), clip(expected))
+		}
+	}
+	wantNoLeftovers(t, filepath.Join(dir, "data"))
+	return rep.Method
+}
 
-			got, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, expected) {
-				t.Fatalf("compacted file differs from expected.ndjson\n--- got (%d bytes):\n%s\n--- want (%d bytes):\n%s",
-					len(got), clip(got), len(expected), clip(expected))
-			}
-			if l := leftovers(t, filepath.Join(dir, "data")); len(l) > 0 {
-				t.Errorf("leftovers in the data dir: %v", l)
-			}
-		})
+// checkGoldenMethod fails unless the report's method is one that the
+// configured method can run: "copy" never compacts in place.
+func checkGoldenMethod(t *testing.T, rep report, method string) {
+	t.Helper()
+	switch rep.Method {
+	case backends.MethodCopy, backends.MethodNone:
+	case backends.MethodInPlace:
+		if method == backends.MethodCopy {
+			t.Errorf("method = \"copy\" and the report says in_place:\n%+v", rep)
+		}
+	default:
+		t.Errorf("report method %q, want in_place, copy or none", rep.Method)
 	}
 }
 
 // TestGoldenRotating compacts every rotating golden case with the built
-// binary and compares the exact set of files and their bytes.
+// binary: with method "copy" the set must be exactly the expected files,
+// byte for byte; with the default "auto", when it compacts in place (or
+// changes nothing), the set read oldest first must be the expected records
+// in order, each file without at most one leading filler line, every line
+// valid JSON, under the names the writer uses (goldenMethods).
 func TestGoldenRotating(t *testing.T) {
 	cases, err := filepath.Glob("testdata/papyra/rotating/*/case.json")
 	if err != nil || len(cases) == 0 {
 		t.Fatalf("no rotating golden cases in testdata/papyra/rotating (err %v)", err)
 	}
+	var autoRuns, inPlace atomic.Int64
+	goldenInPlaceCheck(t, len(cases), &autoRuns, &inPlace)
 	for _, cj := range cases {
 		src := filepath.Dir(cj)
-		t.Run(filepath.Base(src), func(t *testing.T) {
-			t.Parallel()
-			c := loadCase(t, src)
-			if c.Active == "" || c.MaxBytes <= 0 || c.MaxFiles <= 0 {
-				t.Fatalf("case.json lacks active, max_bytes or max_files: %+v", c)
-			}
-			dir := t.TempDir()
-			data := filepath.Join(dir, "data")
-			copyDir(t, filepath.Join(src, "input"), data)
-			input := readDirFiles(t, data)
-			expected := readDirFiles(t, filepath.Join(src, "expected"))
-			cfg := writeConfig(t, dir, baseConfig+fmt.Sprintf(`
+		for _, method := range goldenMethods {
+			t.Run(filepath.Base(src)+"/"+method, func(t *testing.T) {
+				t.Parallel()
+				if method == "auto" {
+					autoRuns.Add(1)
+				}
+				if goldenRotating(t, src, method) == backends.MethodInPlace {
+					inPlace.Add(1)
+				}
+			})
+		}
+	}
+}
+
+// goldenRotating runs the rotating golden case in src with method and
+// returns the method its report says ran.
+func goldenRotating(t *testing.T, src, method string) string {
+	c := loadCase(t, src)
+	if c.Active == "" || c.MaxBytes <= 0 || c.MaxFiles <= 0 {
+		t.Fatalf("case.json lacks active, max_bytes or max_files: %+v", c)
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	copyDir(t, filepath.Join(src, "input"), data)
+	input := readDirFiles(t, data)
+	expected := readDirFiles(t, filepath.Join(src, "expected"))
+	cfg := writeConfig(t, dir, baseConfig+fmt.Sprintf(`
 [[target]]
 name = "golden"
 backend = "rotating"
 path = "data/%s"
 max_bytes = %d
 max_files = %d
-`, c.Active, c.MaxBytes, c.MaxFiles)+retentionTOML(c.Retention))
+method = %q
+`, c.Active, c.MaxBytes, c.MaxFiles, method)+retentionTOML(c.Retention))
 
-			r := runWatcher(t, 60*time.Second, "compact", "--config", cfg, "--now", c.Now.String(), "--json")
-			wantCode(t, r, 0, "compact")
-			reps := parseReports(t, r.Stdout)
-			if len(reps) != 1 {
-				t.Fatalf("want 1 report, got %d:\n%s", len(reps), r.Stdout)
-			}
-			checkGoldenReport(t, reps[0], c, "rotating", sumBytes(input), sumBytes(expected))
-
-			got := readDirFiles(t, data)
-			if names(got) != names(expected) {
-				t.Fatalf("files after compaction: %s; want exactly %s", names(got), names(expected))
-			}
-			for name, want := range expected {
-				if !bytes.Equal(got[name], want) {
-					t.Errorf("%s differs from expected\n--- got (%d bytes):\n%s\n--- want (%d bytes):\n%s",
-						name, len(got[name]), clip(got[name]), len(want), clip(want))
-				}
-			}
-		})
+	r := runWatcher(t, 60*time.Second, "compact", "--config", cfg, "--now", c.Now.String(), "--json")
+	wantCode(t, r, 0, "compact")
+	reps := parseReports(t, r.Stdout)
+	if len(reps) != 1 {
+		t.Fatalf("want 1 report, got %d:\n%s", len(reps), r.Stdout)
 	}
+	rep := reps[0]
+	t.Logf("method %s: report says %s", method, rep.Method)
+	checkGoldenMethod(t, rep, method)
+	got := readDirFiles(t, data)
+	if rep.Method == backends.MethodCopy || method == backends.MethodCopy {
+		checkGoldenReport(t, rep, c, "rotating", sumBytes(input), sumBytes(expected))
+		if names(got) != names(expected) {
+			t.Fatalf("files after compaction (method %s): %s; want exactly %s", rep.Method, names(got), names(expected))
+		}
+		for name, want := range expected {
+			if !bytes.Equal(got[name], want) {
+				t.Errorf("%s differs from expected (method %s)\n--- got (%d bytes):\n%s\n--- want (%d bytes):\n%s",
+					name, rep.Method, len(got[name]), clip(got[name]), len(want), clip(want))
+			}
+		}
+		return rep.Method
+	}
+	// In place or nothing to change: the writer's files, as they were
+	// left, filler lines included.
+	checkGoldenReport(t, rep, c, "rotating", sumBytes(input), sumBytes(got))
+	segments := map[string]bool{c.Active: true}
+	for i := 1; i < c.MaxFiles; i++ {
+		segments[c.Active+"."+strconv.Itoa(i)] = true
+	}
+	for name, d := range got {
+		if !segments[name] {
+			t.Errorf("after compaction (method %s) the set holds %s, which is not one of the writer's names (%s and .1 to .%d)", rep.Method, name, c.Active, c.MaxFiles-1)
+		}
+		if bad := invalidJSONLines(d); len(bad) > 0 {
+			t.Errorf("%s: lines %v are not valid JSON (Papyra's scan reports them as corrupted):\n%s", name, bad, clip(d))
+		}
+	}
+	trimmed := map[string][]byte{}
+	for name, d := range got {
+		trimmed[name] = trimFiller(t, filepath.Join(data, name), d)
+	}
+	gotRecs, wantRecs := setRecords(trimmed, c.Active, c.MaxFiles), setRecords(expected, c.Active, c.MaxFiles)
+	if !bytes.Equal(gotRecs, wantRecs) {
+		t.Fatalf("method %s: the set read oldest first (filler lines left out) is not the expected records in order; files now %s, expected %s\n--- got (%d bytes):\n%s\n--- want (%d bytes):\n%s",
+			rep.Method, names(got), names(expected), len(gotRecs), clip(gotRecs), len(wantRecs), clip(wantRecs))
+	}
+	return rep.Method
+}
+
+// setRecords returns the files of a rotating set (named from active)
+// concatenated oldest first: active.<maxFiles-1> … active.1, active.
+func setRecords(files map[string][]byte, active string, maxFiles int) []byte {
+	var b []byte
+	for i := maxFiles - 1; i >= 0; i-- {
+		name := active
+		if i > 0 {
+			name += "." + strconv.Itoa(i)
+		}
+		b = append(b, files[name]...)
+	}
+	return b
 }
 
 func checkGoldenReport(t *testing.T, r report, c goldenCase, backend string, beforeBytes, afterBytes int64) {

@@ -23,6 +23,15 @@ import (
 //
 // WATCHER_CRASH_ROUNDS (default 50) sets the rounds per backend and
 // WATCHER_CRASH_RECORDS (default 60000) the json target's record count.
+//
+// Both targets set method = "copy": the subject is the rewrite's commit
+// (one rename for json, the journaled swap of a rotating set) and the
+// temporary and staging files it has in flight, and "the original or
+// exactly the expected result, byte for byte" is the copy's contract. An
+// in-place compaction leaves a filler line and, killed between its
+// collapse and its filler write, a head that only the next run repairs;
+// the live-writer campaign (TestCrashLiveWriter) and
+// TestInPlaceLiveWriterKill kill it.
 
 func envInt(t *testing.T, name string, def int) int {
 	t.Helper()
@@ -170,6 +179,7 @@ func newJSONCrashTarget(t *testing.T, n int) *crashTarget {
 name = "events"
 backend = "json"
 path = "data/events.ndjson"
+method = "copy"
 [target.retention]
 max_records = %d
 `, keep))
@@ -264,6 +274,7 @@ backend = "rotating"
 path = "data/papyra.log"
 max_bytes = %d
 max_files = %d
+method = "copy"
 [target.retention]
 max_records = %d
 `, maxBytes, maxFiles, keep))

@@ -5,8 +5,8 @@ package integration
 // missing target directory, a target that keeps failing in the daemon, and
 // the NATS server restarted during a pending request. ENOSPC
 // (tmpfs_test.go), SIGTERM (daemon_test.go), SIGKILL (crash_test.go,
-// crash_livewriter_test.go), a replaced target and Redis killed (backends)
-// are tested elsewhere.
+// crash_livewriter_test.go), a replaced target (backends/jsonfile) and
+// Redis killed (backends/redis) are tested elsewhere.
 
 import (
 	"bytes"
@@ -29,6 +29,16 @@ import (
 // faultCompactConfig is a one-shot config for one json target at an
 // absolute path, with its state directory at stateDir.
 func faultCompactConfig(stateDir, path string, maxRecords int, extraPolicy string) string {
+	return faultCompactConfigMethod(stateDir, path, maxRecords, extraPolicy, "")
+}
+
+// faultCompactConfigMethod is faultCompactConfig with the target's method
+// set (the default when empty).
+func faultCompactConfigMethod(stateDir, path string, maxRecords int, extraPolicy, method string) string {
+	m := ""
+	if method != "" {
+		m = fmt.Sprintf("method = %q\n", method)
+	}
 	return fmt.Sprintf(`[watcher]
 state_dir = %q
 http_listen = ""
@@ -44,9 +54,9 @@ interval = "0s"
 name = "events"
 backend = "json"
 path = %q
-[target.retention]
+%s[target.retention]
 max_records = %d
-`, stateDir, extraPolicy, path, maxRecords)
+`, stateDir, extraPolicy, path, m, maxRecords)
 }
 
 // TestFaultReadOnlyFilesystem: a target on a filesystem remounted
@@ -112,7 +122,7 @@ func TestFaultReadOnlyFilesystem(t *testing.T) {
 	remount(false)
 	r = runWatcher(t, 30*time.Second, "compact", "--config", cfg, "--json")
 	wantCode(t, r, 0, "compact once the filesystem is writable again")
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, bytes.Join(splitLines(orig)[400:], nil)) {
+	if got := readTarget(t, path); !bytes.Equal(got, bytes.Join(splitLines(orig)[400:], nil)) {
 		t.Errorf("after recovery the target holds %d lines, want the newest 100", countLines(t, path))
 	}
 	wantNoLeftovers(t, data, filepath.Join(dir, "state"))
@@ -252,7 +262,11 @@ func TestFaultPermissionDenied(t *testing.T) {
 // TestFaultTargetDeletedMidCompaction: the target file is deleted while a
 // throttled `watcher compact` copies it. The compaction fails with an error
 // saying the target was replaced or deleted, does not resurrect the file,
-// and leaves no temporary file, old link or journal.
+// and leaves no temporary file, old link or journal. The target sets
+// method = "copy": the subject is the rewrite, which copies even a file
+// whose records are all kept; with the default method such a compaction
+// changes nothing (method none) and there is no copy to delete the target
+// under.
 func TestFaultTargetDeletedMidCompaction(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -261,7 +275,7 @@ func TestFaultTargetDeletedMidCompaction(t *testing.T) {
 	// 6 MB kept in full (no record is old or over the count) at 2 MB/s:
 	// about two seconds of copying after the first burst.
 	writeFile(t, path, genRecords(0, 30000, 1795599000, 130))
-	cfg := writeConfig(t, dir, faultCompactConfig(filepath.Join(dir, "state"), path, 1000000, "io_bytes_per_second = 2000000"))
+	cfg := writeConfig(t, dir, faultCompactConfigMethod(filepath.Join(dir, "state"), path, 1000000, "io_bytes_per_second = 2000000", "copy"))
 	cmd := exec.Command(watcherBin, "compact", "--config", cfg, "--json")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -355,7 +369,7 @@ max_records = 100
 	appendRecords(t, path, all)
 	d.waitReport(30*time.Second, "events", func(r report) bool { return r.Error == "" && r.AfterRecords >= 100 && r.BeforeRecords > 100 })
 	eventually(t, 10*time.Second, "file compacted to the newest records", func() (bool, string) {
-		got, _ := os.ReadFile(path)
+		got := readTarget(t, path)
 		return bytes.Count(got, []byte("\n")) <= 400 && isSuffixOfLines(got, all) && bytes.Count(got, []byte("\n")) >= 100, fmt.Sprint(len(got))
 	})
 	d.StopClean()
@@ -509,7 +523,9 @@ func fieldOf(line, key string) string {
 // request waits for a slow (throttled) compaction. The client gets an
 // answer or a clear timeout (never a hang), the compaction completes
 // without loss, and once the daemon has reconnected it answers new
-// requests.
+// requests. The target sets method = "copy": only the throttled rewrite
+// runs long enough to restart the server under it (an in-place compaction
+// takes milliseconds, whatever the throttle).
 func TestFaultNATSRestartDuringRequest(t *testing.T) {
 	t.Parallel()
 	ns := testutil.StartNATS(t)
@@ -518,10 +534,15 @@ func TestFaultNATSRestartDuringRequest(t *testing.T) {
 	path := filepath.Join(dir, "data", "events.ndjson")
 	all := genRecords(0, 30000, 1795599000, 130) // ~6 MB
 	writeFile(t, path, all)
+	// The retention trigger is off: it would find 16 % reclaimable at the
+	// start and run the compaction the request is about first.
 	cfg := writeConfig(t, dir, daemonHeader(addr, "", "io_bytes_per_second = 2000000")+fmt.Sprintf(`
+[triggers.retention]
+interval = "0s"
+
 [nats]
 url = %q
-`, ns.URL)+jsonTarget("events", "events.ndjson", 25000))
+`, ns.URL)+jsonTargetMethod("events", "events.ndjson", 25000, "copy"))
 	d := startDaemon(t, cfg, addr)
 	d.WaitReady(15 * time.Second)
 

@@ -29,6 +29,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/jsonfile"
 	"github.com/papyra/watcher/executor"
 	"github.com/papyra/watcher/internal/testutil"
 	"github.com/papyra/watcher/policy"
@@ -231,10 +232,7 @@ predict_horizon = "0s"
 	// Nothing lost or duplicated: each target holds its newest records
 	// (at least max_records of them) exactly once.
 	for i := range loadTargets {
-		data, err := os.ReadFile(loadPath(dir, i))
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := readTarget(t, loadPath(dir, i))
 		seen := map[int64]bool{}
 		for _, line := range bytes.SplitAfter(data, []byte("\n")) {
 			if len(line) == 0 {
@@ -287,7 +285,7 @@ func TestLoadInProcessNoGoroutineLeak(t *testing.T) {
 		name := fmt.Sprintf("t%03d", i)
 		paths[i] = filepath.Join(dir, "data", name+".ndjson")
 		writeFile(t, paths[i], genRecords(0, 20, 1795599000, 20))
-		b, err := backends.NewJSON(backends.JSONConfig{Name: name, Path: paths[i], StateDir: filepath.Join(dir, "state")})
+		b, err := jsonfile.New(jsonfile.Config{Name: name, Path: paths[i], StateDir: filepath.Join(dir, "state")})
 		if err != nil {
 			t.Fatal(err)
 		}

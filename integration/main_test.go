@@ -1,10 +1,3 @@
-// Package integration holds the end-to-end tests of watcher: the built
-// binary, run as a subprocess against real files (and, where noted, real
-// Redis and NATS servers).
-//
-// TestMain builds ./cmd/watcher once into a temporary directory. Set
-// WATCHER_IT_RACE=1 to build it with the race detector (slower, but catches
-// data races in the daemon while these tests drive it).
 package integration
 
 import (
@@ -424,7 +417,7 @@ type targetStatus struct {
 	LastReport json.RawMessage `json:"last_report"`
 }
 
-// report is a compaction report as INTERFACE.md promises it.
+// report is a compaction report as docs/reports.md documents it.
 type report struct {
 	Target         string  `json:"target"`
 	Backend        string  `json:"backend"`
@@ -441,18 +434,23 @@ type report struct {
 	Error          string  `json:"error"`
 	// Extensions.
 	Dropped struct {
+		// Count: records of rotating chunks beyond max_files.
+		Count      int64 `json:"count"`
 		Invalid    int64 `json:"invalid"`
 		Unexamined int64 `json:"unexamined"`
 	} `json:"dropped"`
-	AppendedDuring int64 `json:"appended_during"`
+	AppendedDuring int64    `json:"appended_during"`
+	Notes          []string `json:"notes"`
+	// Method is how storage was changed: in_place, copy or none.
+	Method string `json:"method"`
 }
 
-// reportFields are the keys every report must have (INTERFACE.md).
+// reportFields are the keys every report must have (docs/reports.md).
 var reportFields = []string{"target", "backend", "trigger", "before_records", "after_records",
 	"before_bytes", "after_bytes", "removed_records", "reclaimed_bytes", "started_at",
 	"duration_ms", "dry_run", "error"}
 
-// parseReport checks that raw is one report object with every INTERFACE.md
+// parseReport checks that raw is one report object with every documented
 // field and consistent derived fields, and decodes it.
 func parseReport(t testing.TB, raw json.RawMessage) report {
 	t.Helper()
@@ -539,14 +537,12 @@ func splitLines(data []byte) [][]byte {
 	return out
 }
 
-// countLines counts the newline-terminated lines in the file at path.
+// countLines counts the newline-terminated lines in the target file at
+// path, read with readTarget: a filler line first in the file, left by an
+// in-place compaction, is not counted.
 func countLines(t testing.TB, path string) int {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bytes.Count(data, []byte("\n"))
+	return bytes.Count(readTarget(t, path), []byte("\n"))
 }
 
 // genRecords returns n Papyra event records, one per line, with sequence

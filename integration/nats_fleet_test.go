@@ -10,9 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/papyra/watcher/internal/testutil"
+	"github.com/papyra/watcher/triggers"
 )
 
 // fleetReply is what `watcher request --json` prints per reply.
@@ -142,6 +145,60 @@ max_files = 2
 	}
 	if _, err := os.Stat(filepath.Join(aDir, "data", "audit.log.7")); err != nil {
 		t.Fatalf("the orphan must be left alone: %v", err)
+	}
+
+	// The micro service: two answers to $SRV.PING, the endpoints in
+	// $SRV.INFO, and the fleet status over NATS.
+	nc, err := nats.Connect(ns.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nodes, err := triggers.DiscoverFleet(ctx, nc, triggers.DefaultSubjectPrefix, 5*time.Second)
+	if err != nil || len(nodes) != 2 || nodes[0].Node != "node-a" || nodes[1].Node != "node-b" {
+		t.Fatalf("$SRV.PING: %+v, %v", nodes, err)
+	}
+	msg, err := nc.Request("$SRV.INFO.papyra-watcher."+nodes[0].ID, nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	// The service version is the one `watcher version` prints ("watcher
+	// VERSION (commit …)"), as semver.
+	r = runWatcher(t, 30*time.Second, "version")
+	ver, _, _ := strings.Cut(strings.TrimPrefix(r.Stdout, "watcher "), " ")
+	if info.Metadata["version"] != ver || info.Version != triggers.ServiceVersion(ver) {
+		t.Errorf("$SRV.INFO version %q, metadata version %q; want %q and %q", info.Version, info.Metadata["version"], triggers.ServiceVersion(ver), ver)
+	}
+	subjects := map[string]bool{}
+	for _, e := range info.Endpoints {
+		subjects[e.Name+" "+e.Subject] = true
+	}
+	for _, want := range []string{"compact papyra.compaction.compact", "shared-compact papyra.compaction.compact",
+		"post-backup papyra.compaction.post-backup", "status papyra.compaction.status", "node-pre-backup papyra.compaction.node.node-a.pre-backup"} {
+		if !subjects[want] {
+			t.Errorf("$SRV.INFO lacks endpoint %q: %v", want, subjects)
+		}
+	}
+	began := time.Now()
+	r = runWatcher(t, 60*time.Second, "request", "compact", "--nats", ns.URL, "--timeout", "30s", "--json")
+	wantCode(t, r, 0, "compact without --expect")
+	replies = nil
+	if err := json.Unmarshal([]byte(r.Stdout), &replies); err != nil || len(replies) != 3 {
+		t.Fatalf("compact without --expect: %d replies (%v):\n%s", len(replies), err, r)
+	}
+	if took := time.Since(began); took > 15*time.Second {
+		t.Errorf("compact without --expect took %s", took)
+	}
+	r = runWatcher(t, 30*time.Second, "status", "--nats", ns.URL)
+	wantCode(t, r, 0, "status --nats")
+	for _, want := range []string{"node-a", "node-b", "audit", "events", "streams"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("status --nats lacks %q:\n%s", want, r.Stdout)
+		}
 	}
 
 	for _, d := range []*daemonProc{a, b} {

@@ -16,7 +16,10 @@ import (
 // while a (throttled) growth compaction of the target runs is answered with
 // the report of a compaction that started after that one ended, so it
 // reflects storage after the request arrived: a record appended just before
-// the request is in what the reply reports.
+// the request is in what the reply reports. The target sets method =
+// "copy": only the throttled rewrite runs long enough for a request to
+// arrive during it (it copies a file whose records are all kept; with the
+// default method that compaction changes nothing and takes milliseconds).
 func TestNATSRequestDuringCompactionWaits(t *testing.T) {
 	ns := testutil.StartNATS(t)
 	dir := t.TempDir()
@@ -25,7 +28,7 @@ func TestNATSRequestDuringCompactionWaits(t *testing.T) {
 	path := filepath.Join(data, "events.ndjson")
 	writeFile(t, path, genRecords(0, 20, 1795599000, 90))
 	cfg := writeConfig(t, dir, daemonHeader(addr, "", `io_bytes_per_second = 2000000`)+
-		fmt.Sprintf("\n[nats]\nurl = %q\n", ns.URL)+jsonTarget("events", "events.ndjson", 1000000))
+		fmt.Sprintf("\n[nats]\nurl = %q\n", ns.URL)+jsonTargetMethod("events", "events.ndjson", 1000000, "copy"))
 	d := startDaemon(t, cfg, addr)
 	d.WaitReady(20 * time.Second)
 

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/papyra/watcher/internal/testutil"
 )
 
 // mountTmpfs mounts a tmpfs of sizeMB megabytes in a temporary directory
@@ -17,24 +18,7 @@ import (
 // fails) the test is skipped, or fails when CI is set.
 func mountTmpfs(t *testing.T, sizeMB int) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		needOrSkip(t, "mounting a tmpfs needs root (run the integration tests as root)")
-	}
-	mnt := filepath.Join(t.TempDir(), "tmpfs")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%dm", sizeMB), "tmpfs", mnt).CombinedOutput()
-	if err != nil {
-		needOrSkip(t, fmt.Sprintf("mount -t tmpfs failed (needs root and CAP_SYS_ADMIN): %v: %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-			exec.Command("umount", "-l", mnt).Run()
-		}
-	})
-	return mnt
+	return testutil.MountTmpfs(t, sizeMB)
 }
 
 // usedPercent is the used space of the filesystem at path, as df counts it.
@@ -155,10 +139,13 @@ max_records = 1000
 }
 
 // TestTmpfsENOSPC: when the compacted copy cannot be written for lack of
-// space, `watcher compact` fails with a clear error, the original is intact
-// and no temporary file is left; once space is freed it succeeds.
+// space, `watcher compact` refuses it before writing (the free-space check)
+// with a clear error saying what the copy needs and what is free, the
+// original is intact and no temporary file is left; once space is freed it
+// succeeds.
 func TestTmpfsENOSPC(t *testing.T) {
-	mnt := mountTmpfs(t, 4)
+	// 6 MB: once the filler is gone, room for the copy and its 1 MiB margin.
+	mnt := mountTmpfs(t, 6)
 	dir := t.TempDir()
 	path := filepath.Join(mnt, "events.ndjson")
 	// 1.5 MB of records; keeping 90% needs 1.35 MB more while both exist.
@@ -196,11 +183,11 @@ max_records = 6750
 	r := runWatcher(t, time.Minute, "compact", "--config", cfg, "--json")
 	wantCode(t, r, 1, "compact on a full filesystem")
 	reps := parseReports(t, r.Stdout)
-	if len(reps) != 1 || !strings.Contains(reps[0].Error, "no space left on device") {
-		t.Fatalf("want one report whose error says \"no space left on device\", got %+v", reps)
+	if len(reps) != 1 || !strings.Contains(reps[0].Error, "a copy needs ") {
+		t.Fatalf("want one report whose error says \"a copy needs …\", got %+v", reps)
 	}
-	if !strings.Contains(reps[0].Error, mnt) {
-		t.Errorf("the error does not name where: %q", reps[0].Error)
+	if !strings.Contains(reps[0].Error, " are free on "+mnt) {
+		t.Errorf("the error does not say what is free where: %q", reps[0].Error)
 	}
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, original) {
 		t.Fatalf("the original changed after a failed compaction")
@@ -213,7 +200,7 @@ max_records = 6750
 	// The human summary says FAILED and why.
 	r = runWatcher(t, time.Minute, "compact", "--config", cfg)
 	wantCode(t, r, 1, "compact on a full filesystem")
-	if !strings.Contains(r.Stdout, "FAILED") || !strings.Contains(r.Stdout, "no space left on device") {
+	if !strings.Contains(r.Stdout, "FAILED") || !strings.Contains(r.Stdout, "a copy needs ") {
 		t.Errorf("human summary:\n%s", r.Stdout)
 	}
 

@@ -35,15 +35,26 @@
 //   - MaxConcurrent compactions at once (values below 1 mean 1).
 //   - A token bucket (golang.org/x/time/rate) of Rate starts per hour with
 //     Burst tokens for routine work. Rate ≤ 0 means unlimited; Burst < 1 with
-//     a positive Rate means 1.
+//     a positive Rate means 1. While a target is failing (its last real
+//     compaction failed) none of its runs takes a token: not its retries,
+//     nor runs for routine signals that arrived meanwhile (they wait for
+//     the backoff like a retry). The attempt that began the failure streak
+//     took one; the backoff paces the rest, so one failing target cannot
+//     empty the bucket the others share.
 //
 // # Urgent signals
 //
-// Urgent signals (disk pressure, NATS requests) skip debounce, cooldown,
-// failure backoff and the token bucket, and do not consume a token. They
-// never skip single-flight or the MaxConcurrent cap. An urgent signal during
-// failure backoff runs at once: an operator or the disk asked for it, and
-// the failure count still decides the backoff of later routine retries.
+// Urgent signals (disk pressure, Redis memory pressure, NATS requests) skip
+// debounce, cooldown and the token bucket, and do not consume a token. They
+// never skip single-flight or the MaxConcurrent cap.
+//
+// The failure backoff is skipped only by urgent requests (Signal.Requested:
+// a NATS request, which a person or a pipeline sent): such a request during
+// backoff runs the target at once, and the failure count still decides the
+// backoff of later retries. Urgent pressure signals (disk, Redis memory)
+// wait the backoff out: they repeat at every check of their trigger, and a
+// target that fails under pressure (ENOSPC on a full disk) would otherwise be
+// retried, and logged, at that pace.
 // Among due runs, urgent ones start first (in the order their signals
 // arrived and, within one signal, in the order of Signal.Targets), then
 // routine ones by due time.

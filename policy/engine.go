@@ -134,8 +134,11 @@ type pending struct {
 	signals     int
 	urgent      bool
 	urgentAt    time.Time // arrival of the first urgent signal
+	requested   bool      // an urgent request (Signal.Requested): skips the failure backoff too
 	seq         uint64    // arrival order, for fair ordering
-	retry       bool      // a retry after a failure: due by backoff, not debounce
+	retry       bool      // a retry after a failure: due by backoff, not debounce, and takes no token (see plan.takesToken)
+	prompt      bool      // a timer or retention signal: due without debounce
+	promptAt    time.Time // arrival of the first such signal
 	scan        bool
 	trigger     string
 	reason      string
@@ -153,6 +156,15 @@ func (p *pending) add(s Signal, now time.Time, seq uint64) {
 	if s.Urgent && !p.urgent {
 		p.urgent, p.urgentAt, p.seq = true, now, seq
 		p.trigger, p.reason = s.Kind, s.Reason
+	}
+	if s.Urgent && s.Requested() {
+		p.requested = true
+	}
+	if !s.Urgent && s.Prompt() && !p.prompt {
+		p.prompt, p.promptAt = true, now
+		if p.trigger != s.Kind && !p.urgent {
+			p.trigger, p.reason = s.Kind, s.Reason
+		}
 	}
 }
 
@@ -186,13 +198,20 @@ type plan struct {
 	p     *pending
 	dry   bool
 	due   time.Time
-	state string // the gate that ends at due: StateDebouncing, StateCooldown or StateBackingOff
+	state string // the gate that ends at due: StateDebouncing, StateCooldown or StateBackingOff ("" for an urgent run due at once)
 }
 
 func (t *target) plan(p *pending, dry bool) plan {
 	pl := plan{t: t, p: p, dry: dry}
 	if p.urgent {
+		// Urgent: no debounce, no cooldown. Only a request skips the
+		// failure backoff; pressure signals wait it out.
 		pl.due = p.urgentAt
+		if !dry && !p.requested && t.failures > 0 {
+			if b := t.lastEnd.Add(t.set.backoff(t.failures)); b.After(pl.due) {
+				pl.due, pl.state = b, StateBackingOff
+			}
+		}
 		return pl
 	}
 	pl.due, pl.state = p.first, StateDebouncing
@@ -202,6 +221,11 @@ func (t *target) plan(p *pending, dry bool) plan {
 			if capAt := p.first.Add(t.set.MaxWait); capAt.Before(pl.due) {
 				pl.due = capAt
 			}
+		}
+		if p.prompt && p.promptAt.Before(pl.due) {
+			// A timer or retention signal is not debounced: it is not a
+			// write in progress to wait out.
+			pl.due = p.promptAt
 		}
 	}
 	if dry || !t.hasRun {
@@ -213,11 +237,28 @@ func (t *target) plan(p *pending, dry bool) plan {
 		}
 	}
 	if t.failures > 0 {
+		// After a failure the wait is the backoff's, even where a longer
+		// cooldown is what ends it: the target is backing off, not resting
+		// after a compaction.
 		if b := t.lastEnd.Add(t.set.backoff(t.failures)); !b.Before(pl.due) {
 			pl.due, pl.state = b, StateBackingOff
+		} else if pl.state == StateCooldown {
+			pl.state = StateBackingOff
 		}
 	}
 	return pl
+}
+
+// takesToken reports whether the run pl must take a token of the shared
+// bucket: a routine run of a target whose last real compaction did not fail.
+// Urgent runs take none. Neither does any run of a failing target, whether
+// the engine created it as a retry or a routine signal (a retention
+// re-estimate, growth, the timer) arrived for the target while it failed or
+// backed off: the failed attempt that began the streak took one token, the
+// backoff paces the rest, and one failing target cannot empty the bucket
+// that the others share.
+func (pl plan) takesToken() bool {
+	return !pl.p.urgent && !pl.p.retry && (pl.dry || pl.t.failures == 0)
 }
 
 // compare orders due runs: urgent first, then by due time, then by arrival,
@@ -551,7 +592,7 @@ func (e *Engine) scheduleLocked(now time.Time) time.Time {
 		if pl.t.run != nil {
 			continue // its other pending run started in this pass
 		}
-		if !pl.p.urgent {
+		if pl.takesToken() {
 			if w := e.tokenWait(now, 1); w > 0 {
 				if !pl.p.rateNoted {
 					pl.p.rateNoted = true
@@ -644,8 +685,14 @@ func (e *Engine) finishLocked(t *target, run *activeRun, rep backends.Report, no
 		t.real = &pending{first: now, last: now, seq: e.seq, retry: true,
 			trigger: run.job.Trigger, reason: retryReason(run.job.Reason), scan: run.job.Scan}
 	}
+	if rep.Error == "" {
+		// A skip between failures: the backoff stays that of the failures.
+		e.log.Info("compaction skipped; will retry", "target", t.name, "failures", t.failures,
+			"skipped", rep.Skipped, "retry_at", now.Add(t.set.backoff(t.failures)))
+		return
+	}
 	e.log.Info("compaction failed; will retry", "target", t.name, "failures", t.failures,
-		"error", rep.Error, "skipped", rep.Skipped, "retry_at", now.Add(t.set.backoff(t.failures)))
+		"error", rep.Error, "retry_at", now.Add(t.set.backoff(t.failures)))
 }
 
 // retryReason is the Job.Reason of an automatic retry.

@@ -33,6 +33,7 @@ type fakeRunner struct {
 	defDur     time.Duration
 	fail       func(job executor.Job, start time.Duration) string // error text, "" = success
 	skip       func(job executor.Job) string
+	beforeEnd  func(job executor.Job, rep backends.Report) // called as the job returns, before the engine records it
 	jobs       []*ranJob
 	running    map[string]int
 	total      int
@@ -71,7 +72,6 @@ func (f *fakeRunner) Run(ctx context.Context, job executor.Job) backends.Report 
 	}
 
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.running[job.Target]--
 	f.total--
 	rj.End = time.Since(f.t0)
@@ -83,6 +83,11 @@ func (f *fakeRunner) Run(ctx context.Context, job executor.Job) backends.Report 
 		rep.Skipped = f.skip(job)
 	}
 	rep.DurationMS = (rj.End - rj.Start).Milliseconds()
+	beforeEnd := f.beforeEnd
+	f.mu.Unlock()
+	if beforeEnd != nil {
+		beforeEnd(job, rep)
+	}
 	return rep
 }
 
@@ -472,7 +477,7 @@ func TestBackoffStuckAndRecovery(t *testing.T) {
 		if !st.Stuck || st.ConsecutiveFailures != 3 {
 			t.Errorf("stuck %v failures %d, want true 3", st.Stuck, st.ConsecutiveFailures)
 		}
-		// An urgent signal during backoff runs anyway.
+		// An urgent request during backoff runs anyway.
 		h.at(s(100))
 		h.signal(KindNATS, true, "a")
 		h.wantStarts("a", 0, s(31), s(92), s(100))
@@ -500,6 +505,60 @@ func TestBackoffStuckAndRecovery(t *testing.T) {
 			t.Errorf("%d recovery lines, want 1", n)
 		}
 	})
+}
+
+// TestUrgentPressureKeepsFailureBackoff: a target that fails under disk (or
+// Redis memory) pressure is not retried at every check of the trigger, which
+// keeps sending urgent signals; it waits out its backoff, and /status says
+// so. A NATS request still runs it at once.
+func TestUrgentPressureKeepsFailureBackoff(t *testing.T) {
+	for _, kind := range []string{KindDisk, KindRedisMemory} {
+		t.Run(kind, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ts := TargetSettings{Debounce: s(5), MaxWait: s(60), Cooldown: s(30), BackoffBase: s(2), BackoffMax: s(8)}
+				h := start(t, oneTarget("a", ts), s(0.5))
+				defer h.stop()
+				h.r.setFail(func(executor.Job, time.Duration) string { return "write: no space left on device" })
+
+				h.signal(kind, true, "a") // runs at once, fails at 0.5
+				h.at(s(0.7))
+				// The routine retry waits for the cooldown (30.5), which is
+				// longer than the backoff (2.5): the target is backing off.
+				h.wantState("a", StateBackingOff, s(30.5))
+				for i := 1; i <= 25; i++ {
+					h.at(s(float64(i)))
+					h.signal(kind, true, "a")
+					if i == 1 {
+						// Urgent: no cooldown, but the backoff (0.5+2).
+						h.wantState("a", StateBackingOff, s(2.5))
+					}
+				}
+				// Failures at 0.5, 3, 7.5, 16, 24.5: backoff 2, 4, 8, 8, 8.
+				h.wantStarts("a", 0, s(2.5), s(7), s(15.5), s(24))
+				st := h.wantState("a", StateBackingOff, s(32.5))
+				if !st.Stuck || st.ConsecutiveFailures != 5 {
+					t.Errorf("stuck %v failures %d, want true 5", st.Stuck, st.ConsecutiveFailures)
+				}
+				if n := h.logs.Count("compaction failed; will retry"); n != 5 {
+					t.Errorf("%d failure lines, want 5", n)
+				}
+				if jobs := h.r.allJobs(); jobs[2].Trigger != kind {
+					t.Errorf("retry trigger %q, want %q", jobs[2].Trigger, kind)
+				}
+
+				// A request, sent by a person or a pipeline, runs it at once.
+				h.at(s(25.25))
+				h.signal(KindNATS, true, "a")
+				h.wantStarts("a", 0, s(2.5), s(7), s(15.5), s(24), s(25.25))
+				// ... and so does one merged into a pressure run backing off.
+				h.at(s(26))
+				h.signal(kind, true, "a")
+				h.wantState("a", StateBackingOff, s(33.75))
+				h.signal(KindNATS, true, "a")
+				h.wantStarts("a", 0, s(2.5), s(7), s(15.5), s(24), s(25.25), s(26))
+			})
+		})
+	}
 }
 
 func TestSkippedIsNeitherFailureNorRetried(t *testing.T) {
@@ -941,3 +1000,49 @@ func TestSignalWithoutRunIsKeptUntilRun(t *testing.T) {
 
 // The executor is the Runner the daemon uses.
 var _ Runner = (*executor.Executor)(nil)
+
+// TestSkipAfterFailuresIsNotAFailure: skips (another node holds the target)
+// between failures neither add to the failure count nor make the target
+// stuck, nor lengthen its backoff, and are not logged as failures.
+func TestSkipAfterFailuresIsNotAFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := start(t, oneTarget("a", TargetSettings{BackoffBase: s(30), BackoffMax: s(600)}), s(1))
+		defer h.stop()
+		h.r.setFail(func(job executor.Job, start time.Duration) string {
+			if start < s(50) {
+				return "redis down"
+			}
+			return ""
+		})
+		h.r.mu.Lock()
+		h.r.skip = func(executor.Job) string {
+			if time.Since(h.r.t0) < s(300) {
+				return "held by node-2"
+			}
+			return ""
+		}
+		h.r.mu.Unlock()
+		h.signal(KindGrowth, false, "a")
+		h.at(s(33))
+		h.wantStarts("a", 0, s(31)) // two failures: the next retry is 60s after the end
+		h.at(s(290))
+		// Skipped retries at the unchanged backoff of two failures: 60s
+		// after each end, not doubling and not stuck.
+		h.wantStarts("a", 0, s(31), s(92), s(153), s(214), s(275))
+		st := h.status("a")
+		if st.ConsecutiveFailures != 2 || st.Stuck || st.LastReport == nil || st.LastReport.Skipped == "" {
+			t.Errorf("after skips: failures %d stuck %v last %+v, want 2, false, skipped", st.ConsecutiveFailures, st.Stuck, st.LastReport)
+		}
+		if len(h.obs.stuck) != 0 {
+			t.Errorf("Stuck hooks %v, want none", h.obs.stuck)
+		}
+		if n := h.logs.Count("compaction failed"); n != 2 {
+			t.Errorf("%d lines say the compaction failed, want 2 (the skips are not failures)", n)
+		}
+		h.at(s(1000))
+		h.wantStarts("a", 0, s(31), s(92), s(153), s(214), s(275), s(336))
+		if st := h.wantState("a", StateIdle, -1); st.ConsecutiveFailures != 0 || st.Stuck {
+			t.Errorf("after success: %+v", st)
+		}
+	})
+}

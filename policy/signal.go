@@ -12,6 +12,7 @@ const (
 	KindGrowth      = "growth"
 	KindDisk        = "disk"
 	KindTimer       = "timer"
+	KindRetention   = "retention"
 	KindRedisMemory = "redis_memory"
 	KindNATS        = "nats"
 	KindManual      = "manual"
@@ -27,8 +28,11 @@ type Signal struct {
 	// first. Never paths. A name listed twice counts once; an empty list
 	// is ignored (a trigger that means "every target" lists them all).
 	Targets []string
-	// Urgent signals (disk pressure, NATS requests) skip the debounce and
-	// the rate limit, never single-flight or the concurrency cap.
+	// Urgent signals (disk pressure, Redis memory pressure, NATS requests)
+	// skip the debounce, the cooldown and the rate limit, never
+	// single-flight or the concurrency cap. Only an urgent request (see
+	// Requested) also skips the failure backoff of a failing target: an
+	// urgent pressure signal waits it out like a routine retry would.
 	Urgent bool
 	// Reason is a human-readable why, for logs and status.
 	Reason string
@@ -49,4 +53,23 @@ type Signal struct {
 	// goroutines, or from Signal itself before it returns (unknown target,
 	// engine shut down), never with the engine's lock held.
 	Reply func(backends.Report)
+}
+
+// Prompt reports whether the signal is due without debounce: a timer or a
+// retention signal says that something is due now, not that a writer is
+// busy, so there is no quiet time to wait for. Cooldown, backoff and the
+// rate limit still apply.
+func (s Signal) Prompt() bool {
+	return s.Kind == KindTimer || s.Kind == KindRetention
+}
+
+// Requested reports whether the signal is a request that a person or a
+// pipeline sent (KindNATS, KindManual), as opposed to one a trigger raised by
+// itself on what it observed (growth, timer, disk and Redis memory pressure).
+// An urgent request runs a failing target at once; an urgent pressure signal
+// keeps to the target's failure backoff, so that a target that cannot be
+// compacted (ENOSPC under the very disk pressure that asks for it) is not
+// retried at every check of the trigger.
+func (s Signal) Requested() bool {
+	return s.Kind == KindNATS || s.Kind == KindManual
 }

@@ -14,14 +14,18 @@ const (
 	StateIdle = "idle"
 	// StateDebouncing: waiting for signals to go quiet (debounce, max_wait).
 	StateDebouncing = "debouncing"
-	// StateCooldown: waiting for the cooldown after its last compaction.
+	// StateCooldown: waiting for the cooldown after its last compaction,
+	// which succeeded (or was skipped).
 	StateCooldown = "cooldown"
 	// StateRateLimited: due, waiting for a token of the rate limit.
 	StateRateLimited = "rate_limited"
 	// StateWaitingForSlot: due, waiting for one of max_concurrent slots
 	// (or for the engine's loop to run).
 	StateWaitingForSlot = "waiting_for_slot"
-	// StateBackingOff: waiting out the backoff after failed compactions.
+	// StateBackingOff: waiting out the backoff after failed compactions;
+	// Until is when the next attempt may start (the end of the cooldown
+	// instead, for a routine retry, if that is later). Urgent pressure
+	// signals (disk, Redis memory) wait for it too.
 	StateBackingOff = "backing_off"
 	// StateRunning: a compaction (or dry run) of the target is in progress.
 	StateRunning = "running"
@@ -75,7 +79,7 @@ func (e *Engine) Status() []TargetStatus {
 			continue
 		}
 		q := queued{state: StateWaitingForSlot, nextDue: pl.due}
-		if !pl.p.urgent {
+		if pl.takesToken() {
 			tokens++
 			if w := e.tokenWait(now, tokens); w > 0 {
 				q = queued{state: StateRateLimited, until: now.Add(w), nextDue: now.Add(w)}
@@ -109,7 +113,7 @@ func (e *Engine) Status() []TargetStatus {
 			st.State, st.Until, st.NextDue = q.state, q.until, q.nextDue
 		} else if pl, ok := t.next(); ok {
 			st.State, st.Until, st.NextDue = pl.state, pl.due, pl.due
-			if !pl.p.urgent {
+			if pl.takesToken() {
 				// The bucket as it will be then, if nothing else takes a token.
 				if w := e.tokenWait(pl.due, 1); w > 0 {
 					st.NextDue = pl.due.Add(w)

@@ -17,6 +17,7 @@ import (
 	"github.com/shirou/gopsutil/v4/disk"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/fsx"
 	"github.com/papyra/watcher/policy"
 )
 
@@ -37,6 +38,11 @@ type DiskOptions struct {
 	// History is the number of usage samples per filesystem the trend is
 	// fitted over (default 10, at least 3).
 	History int
+	// CanCollapse reports whether the filesystem holding path can remove
+	// a range of a file in place (FALLOC_FL_COLLAPSE_RANGE): there, targets
+	// with method auto compact in place. nil uses fsx.CanCollapse (ext4,
+	// XFS).
+	CanCollapse func(path string) bool
 }
 
 // FSPressure is the state of one filesystem that holds file targets, for
@@ -59,7 +65,7 @@ type FSPressure struct {
 	// predict_horizon while usage is still below it.
 	Predicted bool `json:"predicted"`
 	// Targets are the targets on the filesystem; while under pressure, those
-	// under pressure, most reclaimable first.
+	// under pressure, in the order they are compacted (see Disk).
 	Targets []string `json:"targets"`
 }
 
@@ -67,31 +73,53 @@ type FSPressure struct {
 // each filesystem that holds a file target (targets are grouped by the
 // device of their directory, so one query serves every target on one
 // filesystem) and emits an urgent policy.KindDisk signal while a filesystem
-// is under pressure, naming its targets most reclaimable first.
+// is under pressure, naming its targets in an order where each compaction
+// frees room for the next (below).
 //
 // Pressure uses hysteresis per target (targets may override the
 // thresholds): it begins when usage reaches HighPercent, or when a linear
 // fit of the recent samples projects HighPercent within PredictHorizon (0
 // turns prediction off), and ends only when usage is below LowPercent and
 // no longer predicted to cross. While under pressure a signal is emitted at
-// every sample for the targets that may still have something reclaimable,
-// ordered by an estimate (see diskEstimate: the target's size times the
-// fraction its last successful compaction reclaimed, its size when it has
-// none, and at least what it grew since its last compaction). Left out are
-// empty targets and those whose last compaction since pressure began
-// reclaimed about nothing (at most 0.1% of its size before). When no target
-// is left while pressure remains, that is logged once per episode as an
-// error and shown by Pressure; the timer trigger still compacts them.
+// every sample for the targets that may still have something reclaimable.
+// What a target would reclaim is estimated (the retention trigger's
+// estimate when it is of the target as it is now; otherwise diskEstimate:
+// the target's size times the fraction its last successful compaction
+// reclaimed, its size when it has none, and at least what it grew since its
+// last compaction); its survivors are its size less that. The order:
+//
+//  1. Targets that will compact in place (method auto on a filesystem that
+//     can collapse a range: ext4, XFS), most reclaimable first: they need
+//     no free space, and free what they drop.
+//  2. The others, which copy their survivors, fewest survivors first: each
+//     copy needs the least room and frees room for the next.
+//
+// A copying target whose survivors, with backends.CopyMargin, exceed the
+// filesystem's free space (total less used, as Usage reports them) is left
+// out until others have freed room, logged once when it is left out and
+// once when it fits again; a compaction would refuse it anyway
+// (backends.ErrNoSpace). Left out too are empty targets and those whose
+// last compaction since pressure began reclaimed about nothing (at most
+// 0.1% of its size before). When no target is left while pressure remains,
+// that is logged once per episode as an error (nothing to reclaim, or no
+// copy that fits) and nothing to reclaim is shown by Pressure; the timer
+// trigger still compacts them.
 type Disk struct {
-	logger  *slog.Logger
-	usage   func(path string) (used, total uint64, err error)
-	history int
+	logger      *slog.Logger
+	usage       func(path string) (used, total uint64, err error)
+	canCollapse func(path string) bool
+	history     int
 
 	mu      sync.Mutex
 	targets map[string]*diskTarget
 	order   []string // target names in config order
 	fss     map[uint64]*diskFS
 	wake    chan struct{}
+
+	// estimates, if set, returns the retention trigger's estimates by
+	// target: they order targets under pressure and leave out those with
+	// about nothing reclaimable.
+	estimates func() map[string]backends.Estimate
 
 	// locateFailed is Run's own: targets whose filesystem could not be
 	// found, logged once.
@@ -111,8 +139,15 @@ type diskTarget struct {
 	pressured bool
 	// exhausted: a compaction since pressure began reclaimed about nothing.
 	exhausted bool
-	// reclaimable is the last estimate, for ordering.
-	reclaimable int64
+	// reclaimable is the last estimate, for ordering; survivors is the
+	// target's size less it: what a copy writes.
+	reclaimable, survivors int64
+	// inPlace: the target will compact in place (method auto on a
+	// filesystem that can collapse a range).
+	inPlace bool
+	// noRoom: left out of the signals because a copy of its survivors does
+	// not fit the free space (logged when it changes).
+	noRoom bool
 }
 
 // diskFS is what Disk keeps per filesystem (device).
@@ -127,6 +162,7 @@ type diskFS struct {
 	sampled    bool
 	predicted  bool
 	nothing    bool // nothing reclaimable was logged for this episode
+	noRoom     bool // no copy that fits was logged for this episode
 	errLogged  bool
 	targets    []string // names on this fs, config order
 	status     []string // FSPressure.Targets
@@ -155,17 +191,21 @@ func NewDisk(targets []Target, logger *slog.Logger, opts ...DiskOptions) *Disk {
 	if o.Usage == nil {
 		o.Usage = diskGopsutilUsage
 	}
+	if o.CanCollapse == nil {
+		o.CanCollapse = fsx.CanCollapse
+	}
 	if o.History <= 0 {
 		o.History = diskDefaultHistory
 	}
 	o.History = max(o.History, diskMinTrendSamples)
 	d := &Disk{
-		logger:  logger.With("trigger", policy.KindDisk),
-		usage:   o.Usage,
-		history: o.History,
-		targets: make(map[string]*diskTarget),
-		fss:     make(map[uint64]*diskFS),
-		wake:    make(chan struct{}, 1),
+		logger:      logger.With("trigger", policy.KindDisk),
+		usage:       o.Usage,
+		canCollapse: o.CanCollapse,
+		history:     o.History,
+		targets:     make(map[string]*diskTarget),
+		fss:         make(map[uint64]*diskFS),
+		wake:        make(chan struct{}, 1),
 
 		locateFailed: make(map[string]bool),
 	}
@@ -412,6 +452,7 @@ func (d *Disk) tick(now time.Time) ([]policy.Signal, time.Time) {
 		if m.err == nil && m.total == 0 {
 			m.err = errors.New("filesystem reports a total size of 0")
 		}
+		m.collapse = d.canCollapse(m.probe)
 		m.sizes = make(map[string]int64, len(m.files))
 		for name, files := range m.files {
 			m.sizes[name] = diskTargetSize(files)
@@ -446,6 +487,7 @@ type diskMeasure struct {
 	used, total uint64
 	err         error
 	sizes       map[string]int64 // target → bytes
+	collapse    bool             // the filesystem can collapse a range
 }
 
 // evaluate applies one sample to a filesystem and its targets. d.mu is held.
@@ -500,7 +542,7 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 		switch {
 		case !dt.pressured && (pct >= s.HighPercent || predicted):
 			dt.pressured = true
-			dt.exhausted = false
+			dt.exhausted, dt.noRoom = false, false
 		case dt.pressured && pct < s.LowPercent && !predicted:
 			dt.pressured = false
 		}
@@ -513,7 +555,7 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 		if wasPressured {
 			d.logger.Info("disk pressure relieved", "mountpoint", f.mountpoint, "used_percent", diskRound1(pct))
 		}
-		f.nothing = false
+		f.nothing, f.noRoom = false, false
 		f.status = slices.Clone(f.targets)
 		return policy.Signal{}, false
 	}
@@ -522,17 +564,32 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 			"predicted", f.predicted && pct < pressured[0].t.Disk.HighPercent, "targets", len(pressured))
 	}
 
-	// Reclaimable estimates, most first.
+	// Reclaimable estimates; the order of diskOrder.
+	var ests map[string]backends.Estimate
+	if d.estimates != nil {
+		ests = d.estimates()
+	}
 	var cands []*diskTarget
 	for _, dt := range pressured {
 		size := m.sizes[dt.t.Name] // a target added since the measure counts 0
 		dt.reclaimable = diskEstimate(size, dt)
-		if !dt.exhausted && size > 0 {
+		dt.inPlace = m.collapse && dt.t.Method != backends.MethodCopy
+		nothing := false
+		if e, ok := ests[dt.t.Name]; ok && e.Bytes == size {
+			// The retention estimate, made of the target as it is now
+			// (an estimate of a smaller or larger target is stale: the
+			// retention trigger refreshes it only every interval): what a
+			// compaction would remove now.
+			dt.reclaimable = e.ReclaimableBytes
+			nothing = e.ReclaimableBytes <= max(e.Bytes/1000, 0) // about nothing to reclaim
+		}
+		dt.survivors = max(size-dt.reclaimable, 0)
+		if !nothing && !dt.exhausted && size > 0 {
 			cands = append(cands, dt)
 		}
 	}
-	slices.SortStableFunc(pressured, func(a, b *diskTarget) int { return cmp.Compare(b.reclaimable, a.reclaimable) })
-	slices.SortStableFunc(cands, func(a, b *diskTarget) int { return cmp.Compare(b.reclaimable, a.reclaimable) })
+	slices.SortStableFunc(pressured, diskOrder)
+	slices.SortStableFunc(cands, diskOrder)
 	f.status = f.status[:0]
 	for _, dt := range pressured {
 		f.status = append(f.status, dt.t.Name)
@@ -547,17 +604,79 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 		return policy.Signal{}, false
 	}
 	f.nothing = false
-	names := make([]string, len(cands))
-	for i, dt := range cands {
-		names[i] = dt.t.Name
+
+	// Copies that do not fit the free space wait for others to free room.
+	var free int64
+	if m.total > m.used {
+		free = int64(m.total - m.used)
 	}
-	s0 := cands[0].t.Disk
+	var names, waiting []string
+	var s0 DiskSettings
+	for _, dt := range cands {
+		fits := dt.inPlace || backends.CopyFits(dt.survivors, free)
+		switch {
+		case !fits && !dt.noRoom:
+			dt.noRoom = true
+			d.logger.Warn("disk pressure: target left out until others free room: a copy of its survivors does not fit the free space",
+				"target", dt.t.Name, "mountpoint", f.mountpoint, "survivors_bytes", dt.survivors,
+				"margin_bytes", backends.CopyMargin(dt.survivors), "free_bytes", free)
+		case fits && dt.noRoom:
+			dt.noRoom = false
+			d.logger.Info("disk pressure: a copy of the target's survivors fits the free space again",
+				"target", dt.t.Name, "mountpoint", f.mountpoint, "survivors_bytes", dt.survivors, "free_bytes", free)
+		}
+		if !fits {
+			waiting = append(waiting, dt.t.Name)
+			continue
+		}
+		if names == nil {
+			s0 = dt.t.Disk
+		}
+		names = append(names, dt.t.Name)
+	}
+	if len(names) == 0 {
+		if !f.noRoom {
+			f.noRoom = true
+			d.logger.Error("disk pressure and no compaction fits: every target left would copy more than the free space; free space, or use method auto on ext4 or XFS",
+				"mountpoint", f.mountpoint, "used_percent", diskRound1(pct), "free_bytes", free, "targets", waiting)
+		}
+		return policy.Signal{}, false
+	}
+	f.noRoom = false
 	reason := fmt.Sprintf("filesystem %s at %.1f%% used (high %g%%, low %g%%)", f.mountpoint, pct, s0.HighPercent, s0.LowPercent)
 	if f.predicted && pct < s0.HighPercent {
 		reason = fmt.Sprintf("filesystem %s at %.1f%% used and rising %.2f%%/min: predicted to reach %g%% within %s",
 			f.mountpoint, pct, slope*60, s0.HighPercent, s0.PredictHorizon)
 	}
 	return policy.Signal{Kind: policy.KindDisk, Targets: names, Urgent: true, Reason: reason, At: now}, true
+}
+
+// SetEstimates sets the source of reclaimable estimates (the retention
+// trigger's): targets under pressure are then ordered by what their
+// retention would remove now, and a target with about nothing reclaimable
+// (at most 0.1% of its size) is not compacted for pressure. Targets without
+// an estimate keep the estimate from their last compaction.
+func (d *Disk) SetEstimates(fn func() map[string]backends.Estimate) {
+	d.mu.Lock()
+	d.estimates = fn
+	d.mu.Unlock()
+}
+
+// diskOrder is the order targets under pressure are compacted in: those
+// that compact in place first, most reclaimable first; then those that copy,
+// fewest survivors first (ties: most reclaimable first).
+func diskOrder(a, b *diskTarget) int {
+	switch {
+	case a.inPlace && !b.inPlace:
+		return -1
+	case !a.inPlace && b.inPlace:
+		return 1
+	case !a.inPlace:
+		if c := cmp.Compare(a.survivors, b.survivors); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(b.reclaimable, a.reclaimable)
 }
 
 // diskEnabled reports whether the disk trigger watches t: a file target

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,12 +19,28 @@ import (
 	"github.com/papyra/watcher/policy"
 )
 
-// diskFake is an injectable usage function: a settable percentage and a
-// count of queries per path.
+// diskFake is an injectable usage function: a settable percentage of a
+// filesystem of total bytes (1000 GiB when 0; a multiple of 1000) and a
+// count of queries per path; and whether the
+// filesystem can collapse a range (by default it can, so that targets with
+// method auto compact in place and are ordered by what they reclaim).
 type diskFake struct {
-	mu      sync.Mutex
-	percent float64
-	calls   map[string]int
+	mu       sync.Mutex
+	percent  float64
+	calls    map[string]int
+	copyOnly bool   // the filesystem cannot collapse a range
+	total    uint64 // the filesystem's size; 0 is 1000 GiB
+}
+
+// options are the trigger's options with the fake's functions.
+func (f *diskFake) options() DiskOptions {
+	return DiskOptions{Usage: f.usage, CanCollapse: f.canCollapse}
+}
+
+func (f *diskFake) canCollapse(string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.copyOnly
 }
 
 func (f *diskFake) set(p float64) {
@@ -39,7 +56,11 @@ func (f *diskFake) usage(path string) (uint64, uint64, error) {
 		f.calls = make(map[string]int)
 	}
 	f.calls[path]++
-	return uint64(f.percent * 10), 1000, nil
+	total := f.total
+	if total == 0 {
+		total = 1000 << 30
+	}
+	return uint64(f.percent*10) * (total / 1000), total, nil
 }
 
 func (f *diskFake) totalCalls() int {
@@ -101,7 +122,7 @@ func TestDiskHighEmitsUrgentOrderedByReclaimable(t *testing.T) {
 	}
 	synctest.Test(t, func(t *testing.T) {
 		fake := &diskFake{percent: 50}
-		d := NewDisk(targets, timerTestLogger(), DiskOptions{Usage: fake.usage})
+		d := NewDisk(targets, timerTestLogger(), fake.options())
 		d.Observe(backends.Report{Target: "halved", BeforeBytes: backends.Int64(1000), ReclaimedBytes: backends.Int64(500)})
 		d.Observe(backends.Report{Target: "dense", BeforeBytes: backends.Int64(1000), ReclaimedBytes: backends.Int64(10)})
 		// Ignored: dry run, failure.
@@ -146,7 +167,7 @@ func TestDiskHysteresis(t *testing.T) {
 	targets := []Target{diskFileTarget(t, dir, "a", 1000, diskSettings(0))}
 	synctest.Test(t, func(t *testing.T) {
 		fake := &diskFake{percent: 90}
-		d := NewDisk(targets, timerTestLogger(), DiskOptions{Usage: fake.usage})
+		d := NewDisk(targets, timerTestLogger(), fake.options())
 		rec, stop := diskRun(t, d)
 		defer stop()
 		if got := rec.take(); len(got) != 1 {
@@ -192,7 +213,7 @@ func TestDiskNothingReclaimableLoggedOnce(t *testing.T) {
 	}
 	synctest.Test(t, func(t *testing.T) {
 		fake := &diskFake{percent: 95}
-		d := NewDisk(targets, logger, DiskOptions{Usage: fake.usage})
+		d := NewDisk(targets, logger, fake.options())
 		// A report from before the pressure began does not count.
 		d.Observe(backends.Report{Target: "a", BeforeBytes: backends.Int64(1000), ReclaimedBytes: backends.Int64(0)})
 		rec, stop := diskRun(t, d)
@@ -270,7 +291,7 @@ func TestDiskPrediction(t *testing.T) {
 		targets := []Target{diskFileTarget(t, dir, "a", 1000, diskSettings(horizon))}
 		synctest.Test(t, func(t *testing.T) {
 			fake := &diskFake{percent: 70}
-			d := NewDisk(targets, timerTestLogger(), DiskOptions{Usage: fake.usage})
+			d := NewDisk(targets, timerTestLogger(), fake.options())
 			rec, stop := diskRun(t, d)
 			defer stop()
 			for p := 71.0; p <= 90; p++ {
@@ -300,7 +321,7 @@ func TestDiskPrediction(t *testing.T) {
 	targets := []Target{diskFileTarget(t, dir, "a", 1000, diskSettings(time.Hour))}
 	synctest.Test(t, func(t *testing.T) {
 		fake := &diskFake{percent: 84}
-		d := NewDisk(targets, timerTestLogger(), DiskOptions{Usage: fake.usage})
+		d := NewDisk(targets, timerTestLogger(), fake.options())
 		rec, stop := diskRun(t, d)
 		defer stop()
 		for _, p := range []float64{84, 84, 84, 83, 82, 84} {
@@ -370,7 +391,7 @@ func TestDiskGroupsByDevice(t *testing.T) {
 	}
 	synctest.Test(t, func(t *testing.T) {
 		fake := &diskFake{percent: 90}
-		d := NewDisk(targets, timerTestLogger(), DiskOptions{Usage: fake.usage})
+		d := NewDisk(targets, timerTestLogger(), fake.options())
 		rec, stop := diskRun(t, d)
 		defer stop()
 		if n := fake.totalCalls(); n != wantGroups {
@@ -453,4 +474,106 @@ func TestDiskEstimate(t *testing.T) {
 			t.Errorf("case %d: estimate %d, want %d", i, got, c.want)
 		}
 	}
+}
+
+// TestDiskOrdersByRetentionEstimate: with the retention trigger's estimates
+// set, targets under pressure are ordered by what their retention would
+// remove now, not by their size or last compaction's ratio, and a target
+// with about nothing reclaimable (at most 0.1 % of its bytes) is left out.
+// When every target is left out, nothing is signalled.
+func TestDiskOrdersByRetentionEstimate(t *testing.T) {
+	dir := t.TempDir()
+	s := diskSettings(0)
+	targets := []Target{
+		diskFileTarget(t, dir, "big_nothing", 8000, s),  // estimate: 0 reclaimable
+		diskFileTarget(t, dir, "big_crumb", 4000, s),    // estimate: 4 of 4000 (0.1 %): about nothing
+		diskFileTarget(t, dir, "small_much", 1000, s),   // estimate: 900
+		diskFileTarget(t, dir, "mid_some", 2000, s),     // estimate: 300
+		diskFileTarget(t, dir, "unestimated", 500, s),   // no estimate: its size
+		diskFileTarget(t, dir, "history_rich", 3000, s), // last compaction reclaimed 90 %, estimate says 5 bytes
+	}
+	var mu sync.Mutex
+	ests := map[string]backends.Estimate{
+		"big_nothing":  {Bytes: 8000, Records: 80, ReclaimableBytes: 0},
+		"big_crumb":    {Bytes: 4000, Records: 40, ReclaimableBytes: 4, ReclaimableRecords: 1},
+		"small_much":   {Bytes: 1000, Records: 10, ReclaimableBytes: 900, ReclaimableRecords: 9},
+		"mid_some":     {Bytes: 2000, Records: 20, ReclaimableBytes: 300, ReclaimableRecords: 3},
+		"history_rich": {Bytes: 3000, Records: 30, ReclaimableBytes: 5, ReclaimableRecords: 1},
+	}
+	estimates := func() map[string]backends.Estimate {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(ests)
+	}
+	synctest.Test(t, func(t *testing.T) {
+		fake := &diskFake{percent: 50}
+		d := NewDisk(targets, timerTestLogger(), fake.options())
+		d.Observe(backends.Report{Target: "history_rich", BeforeBytes: backends.Int64(1000), ReclaimedBytes: backends.Int64(900)})
+		d.SetEstimates(estimates)
+		rec, stop := diskRun(t, d)
+		defer stop()
+
+		fake.set(90)
+		got := diskStep(rec)
+		if len(got) != 1 {
+			t.Fatalf("want one signal under pressure, got %+v", got)
+		}
+		want := []string{"small_much", "unestimated", "mid_some", "history_rich"}
+		if !slices.Equal(got[0].Targets, want) {
+			t.Fatalf("targets %v, want by estimate, about-nothing left out: %v", got[0].Targets, want)
+		}
+
+		// The estimates change (a compaction ran, records expired): the
+		// order follows at the next sample.
+		mu.Lock()
+		ests["big_nothing"] = backends.Estimate{Bytes: 8000, Records: 80, ReclaimableBytes: 7000, ReclaimableRecords: 70}
+		ests["small_much"] = backends.Estimate{Bytes: 1000, Records: 10, ReclaimableBytes: 0}
+		mu.Unlock()
+		got = diskStep(rec)
+		want = []string{"big_nothing", "unestimated", "mid_some", "history_rich"}
+		if len(got) != 1 || !slices.Equal(got[0].Targets, want) {
+			t.Fatalf("after the estimates changed: got %+v, want targets %v", got, want)
+		}
+
+		// Every estimate about nothing, and the unestimated target exhausted:
+		// no signal.
+		mu.Lock()
+		for name, e := range ests {
+			e.ReclaimableBytes, e.ReclaimableRecords = 0, 0
+			ests[name] = e
+		}
+		mu.Unlock()
+		d.Observe(backends.Report{Target: "unestimated", BeforeBytes: backends.Int64(500), ReclaimedBytes: backends.Int64(0)})
+		if got := diskStep(rec); len(got) != 0 {
+			t.Fatalf("nothing reclaimable anywhere, yet signalled: %+v", got)
+		}
+		if ps := d.Pressure(); len(ps) != 1 || !ps[0].NothingReclaimable {
+			t.Fatalf("Pressure() = %+v, want nothing reclaimable", ps)
+		}
+	})
+}
+
+// TestDiskStaleEstimateIsNotNothing: an estimate made when the target was
+// smaller (the retention trigger refreshes it only every interval) does not
+// make a target that has grown since look like it has nothing to give: it
+// is compacted under pressure on its size, as an unestimated target is.
+func TestDiskStaleEstimateIsNotNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := diskSettings(0)
+	targets := []Target{diskFileTarget(t, dir, "grown", 8000, s)}
+	estimates := func() map[string]backends.Estimate {
+		return map[string]backends.Estimate{"grown": {Bytes: 100, Records: 1, ReclaimableBytes: 0}}
+	}
+	synctest.Test(t, func(t *testing.T) {
+		fake := &diskFake{percent: 50}
+		d := NewDisk(targets, timerTestLogger(), fake.options())
+		d.SetEstimates(estimates)
+		rec, stop := diskRun(t, d)
+		defer stop()
+		fake.set(90)
+		got := diskStep(rec)
+		if len(got) != 1 || !slices.Equal(got[0].Targets, []string{"grown"}) {
+			t.Fatalf("a target grown since its estimate: got %+v, want one signal for it", got)
+		}
+	})
 }

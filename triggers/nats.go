@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -17,9 +18,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/papyra/watcher/backends"
 	"github.com/papyra/watcher/policy"
+	"github.com/papyra/watcher/snapshot"
 )
 
 // NATS is the request/reply trigger of backup and migration pipelines, and
@@ -48,6 +51,29 @@ import (
 //
 // A handler with nothing to answer for stays silent.
 //
+// # Micro service
+//
+// The subscriptions are the endpoints of the NATS micro service
+// ServiceName ("papyra-watcher", version ServiceVersion(NATSConfig.Version),
+// metadata "node", "prefix", "version" — NATSConfig.Version as it is — and
+// the targets), so $SRV.PING, $SRV.INFO and $SRV.STATS answer and a client can
+// count the nodes. Endpoint names: the verb for the shared subject without
+// queue group (node-local targets), "shared-<verb>" for the queue-grouped
+// one (redis targets), "node-<verb>" for the node-scoped subject. Besides
+// the compacting verbs there are post-backup (release a snapshot) and
+// status (this node's /status document, from SetStatus), on the shared
+// subject without queue group and on the node-scoped subject.
+//
+// An endpoint's handler returns once its request is answered, so that
+// $SRV.STATS counts each request when it is done (num_requests), with the
+// time it took (processing_time), and counts in num_errors every reply
+// with ok:false — a refusal as well as a compaction or snapshot that
+// failed — which also carries micro's error headers (Nats-Service-Error).
+// micro runs one endpoint's handler for one request at a time: requests on
+// one subject are answered by each node in turn, while requests on other
+// subjects (another verb, the node-scoped subject, the queue-grouped one)
+// run concurrently, within MaxRequests.
+//
 // # Unknown targets
 //
 // A node refuses as a whole a request that names a target it does not have
@@ -62,21 +88,29 @@ import (
 // unknown fields, a name that looks like a path) are refused the same way:
 // an ok:false reply from each node's node-local handler, silence from the
 // queue handler, nothing compacted.
+//
+// Refusals are logged at WARN, at most one line per kind (invalid request,
+// unknown target, node busy, reply not sent) every 10s; the line at the end
+// of such an interval counts the refusals it stands for.
 type NATS struct {
-	cfg    NATSConfig
-	logger *slog.Logger
-	state  *connState
-	opts   []nats.Option
-	sem    chan struct{}
+	cfg      NATSConfig
+	logger   *slog.Logger
+	refusals *logLimiter // the WARN lines of refused requests and unsent replies
+	state    *connState
+	opts     []nats.Option
+	sem      chan struct{}
 
-	mu        sync.RWMutex
-	local     []Target // node-local targets, config order
-	shared    []Target // shared (redis) targets, config order
-	nc        *nats.Conn
-	queueSubs []*nats.Subscription
-	queue     string // current queue group; "" when no shared targets
-	started   bool   // Run was called
-	running   bool   // Run is serving
+	mu      sync.RWMutex
+	local   []Target // node-local targets, config order
+	shared  []Target // shared (redis) targets, config order
+	nc      *nats.Conn
+	queue   string // current queue group; "" when no shared targets
+	started bool   // Run was called
+	running bool   // Run is serving
+
+	svc      micro.Service
+	snapper  Snapshotter
+	statusFn func(context.Context) any
 
 	events chan backends.Report
 	wg     sync.WaitGroup
@@ -99,16 +133,48 @@ func NewNATS(cfg NATSConfig, targets []Target, logger *slog.Logger) (*NATS, erro
 		return nil, err
 	}
 	n := &NATS{
-		cfg:    cfg,
-		logger: logger,
-		state:  st,
-		opts:   opts,
-		sem:    make(chan struct{}, cfg.MaxRequests),
-		events: make(chan backends.Report, 256),
-		ready:  make(chan struct{}),
+		cfg:      cfg,
+		logger:   logger,
+		refusals: newLogLimiter(logger, natsRefusalLogEvery),
+		state:    st,
+		opts:     opts,
+		sem:      make(chan struct{}, cfg.MaxRequests),
+		events:   make(chan backends.Report, 256),
+		ready:    make(chan struct{}),
 	}
 	n.setTargets(targets)
 	return n, nil
+}
+
+// natsRefusalLogEvery is the least time between two WARN lines of one kind
+// of refusal (invalid request, unknown target, node busy, reply not sent):
+// a flood of bad requests logs one line per kind per interval, with the
+// count of the others.
+const natsRefusalLogEvery = 10 * time.Second
+
+// Snapshotter takes and releases backup snapshots of file targets.
+type Snapshotter interface {
+	// Take snapshots t under id for ttl (0: the default).
+	Take(ctx context.Context, id string, t Target, ttl time.Duration) (snapshot.Snapshot, error)
+	// Release removes the snapshots with id and returns their targets;
+	// snapshot.ErrNotFound when this node holds none.
+	Release(id string) ([]string, error)
+}
+
+// SetSnapshotter sets what takes backup snapshots (pre-backup with
+// "snapshot": true). Without one such requests fail.
+func (n *NATS) SetSnapshotter(s Snapshotter) {
+	n.mu.Lock()
+	n.snapper = s
+	n.mu.Unlock()
+}
+
+// SetStatus sets the function whose result, as JSON, answers the status
+// endpoint.
+func (n *NATS) SetStatus(f func(context.Context) any) {
+	n.mu.Lock()
+	n.statusFn = f
+	n.mu.Unlock()
 }
 
 // Ready returns a channel closed once Run has subscribed (and, when the
@@ -174,10 +240,12 @@ func (n *NATS) State() (connected bool, detail string) {
 	return c, d
 }
 
-// stateChanged returns a channel closed at the next change of state.
-func (n *NATS) stateChanged() <-chan struct{} {
-	_, _, ch := n.state.get()
-	return ch
+// Watch returns whether the connection is up and a channel closed at the
+// next change of state, so that a caller can follow the state as it
+// changes (the nats_connected gauge) instead of sampling it.
+func (n *NATS) Watch() (connected bool, changed <-chan struct{}) {
+	c, _, ch := n.state.get()
+	return c, ch
 }
 
 // Publish sends r as an event on <prefix>.events.<target>. It never blocks:
@@ -218,27 +286,8 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 	}
 	n.mu.Lock()
 	n.nc, n.running, n.stop = nc, true, ctx
-	var subs []*nats.Subscription
-	subscribe := func(subject string, scope scope) error {
-		sub, err := nc.Subscribe(subject, func(m *nats.Msg) { n.dispatch(ctx, emit, m, scope) })
-		if err != nil {
-			return fmt.Errorf("nats trigger: subscribe %s: %w", subject, err)
-		}
-		subs = append(subs, sub)
-		return nil
-	}
-	for _, verb := range verbs {
-		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, "", verb), scopeLocal); err != nil {
-			break
-		}
-		if err = subscribe(NATSSubject(n.cfg.SubjectPrefix, n.cfg.Node, verb), scopeNode); err != nil {
-			break
-		}
-	}
-	if err == nil {
-		n.emitFn = emit
-		err = n.subscribeSharedLocked()
-	}
+	n.emitFn = emit
+	err = n.startServiceLocked()
 	if err != nil {
 		n.running = false
 		n.mu.Unlock()
@@ -262,13 +311,15 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 	<-ctx.Done()
 	n.mu.Lock()
 	n.running = false
-	for _, s := range append(subs, n.queueSubs...) {
-		_ = s.Unsubscribe()
+	if n.svc != nil {
+		_ = n.svc.Stop()
+		n.svc = nil
 	}
-	n.queueSubs, n.queue = nil, ""
+	n.queue = ""
 	n.mu.Unlock()
 	<-pubDone
 	n.wg.Wait() // requests in progress reply "stopped" at once (ctx is done)
+	n.refusals.Flush()
 	n.state.mu.Lock()
 	n.state.closing = true
 	n.state.mu.Unlock()
@@ -282,31 +333,87 @@ func (n *NATS) Run(ctx context.Context, emit Emit) error {
 	return nil
 }
 
-// subscribeSharedLocked makes the queue subscriptions match the current
-// shared targets. n.mu is held.
+// subscribeSharedLocked makes the endpoints and the service metadata
+// match the current targets: the service is registered again (micro
+// cannot remove one endpoint). n.mu is held.
 func (n *NATS) subscribeSharedLocked() error {
-	group := queueGroup(n.shared)
-	if group == n.queue {
-		return nil
-	}
-	for _, s := range n.queueSubs {
-		_ = s.Unsubscribe()
-	}
-	n.queueSubs, n.queue = nil, ""
-	if group == "" {
-		return nil
+	return n.startServiceLocked() // the metadata lists the targets
+}
+
+// startServiceLocked (re)registers the micro service with every endpoint.
+// n.mu is held.
+func (n *NATS) startServiceLocked() error {
+	if n.svc != nil {
+		_ = n.svc.Stop()
+		n.svc, n.queue = nil, ""
 	}
 	ctx, emit := n.stop, n.emitFn
-	for _, verb := range verbs {
-		subject := NATSSubject(n.cfg.SubjectPrefix, "", verb)
-		sub, err := n.nc.QueueSubscribe(subject, group, func(m *nats.Msg) { n.dispatch(ctx, emit, m, scopeShared) })
-		if err != nil {
-			return fmt.Errorf("nats trigger: subscribe %s (queue %s): %w", subject, group, err)
-		}
-		n.queueSubs = append(n.queueSubs, sub)
+	svc, err := micro.AddService(n.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     ServiceVersion(n.cfg.Version),
+		Description: "Papyra storage compaction watcher",
+		Metadata: map[string]string{metaNode: n.cfg.Node, metaPrefix: n.cfg.SubjectPrefix, metaVersion: n.cfg.Version,
+			metaLocalTargets: joinList(n.local), metaSharedTargets: joinList(n.shared), metaSharedGroup: queueGroup(n.shared)},
+		QueueGroupDisabled: true,
+	})
+	if err != nil {
+		return fmt.Errorf("nats trigger: register service %s: %w", ServiceName, err)
 	}
-	n.queue = group
+	add := func(name, subject string, sc scope, opts ...micro.EndpointOpt) error {
+		h := micro.HandlerFunc(func(r micro.Request) {
+			n.dispatch(ctx, emit, inMsg{subject: r.Subject(), reply: r.Reply(), data: r.Data(), req: r}, sc)
+		})
+		opts = append(opts, micro.WithEndpointSubject(subject), micro.WithEndpointMetadata(map[string]string{"scope": sc.String()}))
+		if err := svc.AddEndpoint(name, h, opts...); err != nil {
+			return fmt.Errorf("nats trigger: subscribe %s: %w", subject, err)
+		}
+		return nil
+	}
+	group := queueGroup(n.shared)
+	for _, verb := range serviceVerbs {
+		err = add(verb, NATSSubject(n.cfg.SubjectPrefix, "", verb), scopeLocal, micro.WithEndpointQueueGroupDisabled())
+		if err == nil {
+			err = add("node-"+verb, NATSSubject(n.cfg.SubjectPrefix, n.cfg.Node, verb), scopeNode, micro.WithEndpointQueueGroupDisabled())
+		}
+		if err == nil && group != "" && slices.Contains(verbs, verb) {
+			err = add("shared-"+verb, NATSSubject(n.cfg.SubjectPrefix, "", verb), scopeShared, micro.WithEndpointQueueGroup(group))
+		}
+		if err != nil {
+			_ = svc.Stop()
+			return err
+		}
+	}
+	n.svc, n.queue = svc, group
 	return nil
+}
+
+// semverRe is semantic versioning 2.0.0 (MAJOR.MINOR.PATCH[-pre][+build]),
+// what micro requires of a service version.
+var semverRe = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)` +
+	`(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?` +
+	`(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)
+
+// DevServiceVersion is the micro service version of a watcher whose version
+// is not a semantic version (a development build, "dev"): the service
+// metadata "version" carries the watcher's version as it is.
+const DevServiceVersion = "0.0.0-dev"
+
+// ServiceVersion is the micro service version announced for the watcher
+// version v: v without its leading "v" when that is a semantic version
+// ("v1.2.3" → "1.2.3"), DevServiceVersion otherwise.
+func ServiceVersion(v string) string {
+	if s := strings.TrimPrefix(v, "v"); semverRe.MatchString(s) {
+		return s
+	}
+	return DevServiceVersion
+}
+
+// inMsg is one request as an endpoint received it.
+type inMsg struct {
+	subject string
+	reply   string
+	data    []byte
+	req     micro.Request // answers; micro counts it when the handler returns
 }
 
 func (n *NATS) publishEvents(ctx context.Context, nc *nats.Conn) {
@@ -348,15 +455,32 @@ func verbOf(subject string) string {
 	return subject[strings.LastIndexByte(subject, '.')+1:]
 }
 
-// dispatch runs on the NATS dispatcher goroutine. It checks the request
-// and answers refusals at once; the wait for reports runs in its own
-// goroutine, within the bound of MaxRequests.
-func (n *NATS) dispatch(ctx context.Context, emit Emit, m *nats.Msg, sc scope) {
-	verb := verbOf(m.Subject)
-	log := n.logger.With("subject", m.Subject, "scope", sc.String())
-	req, targets, refusal := n.prepare(m.Data, sc)
+// dispatch is an endpoint's handler: it runs on the endpoint's NATS
+// goroutine and returns once the request is answered, so that micro counts
+// the request, its processing time and, for a reply with ok:false, an
+// error. It answers refusals at once; a request it accepts takes one of
+// MaxRequests slots while it waits for its reports.
+func (n *NATS) dispatch(ctx context.Context, emit Emit, m inMsg, sc scope) {
+	verb := verbOf(m.subject)
+	switch verb {
+	case VerbStatus:
+		n.answerStatus(ctx, m)
+		return
+	case VerbPostBackup:
+		n.answerPostBackup(m)
+		return
+	}
+	req, targets, refusal := n.prepare(m.data, sc)
+	if refusal == nil && (req.SnapshotID != "" || ((req.Snapshot || req.SnapshotTTL != "") && verb != VerbPreBackup)) {
+		refusal = &NATSReply{Error: "invalid request body: snapshot and snapshot_ttl are for pre-backup, snapshot_id for post-backup; nothing compacted"}
+	}
 	if refusal != nil {
-		log.Warn("nats request refused", "err", refusal.Error)
+		reason := "invalid request"
+		if len(refusal.UnknownTargets) > 0 {
+			reason = "unknown target"
+		}
+		n.refusals.Log(slog.LevelWarn, reason, "nats request refused",
+			"reason", reason, "subject", m.subject, "scope", sc.String(), "err", refusal.Error)
 		if sc != scopeShared {
 			refusal.Request = verb
 			n.respond(m, *refusal)
@@ -369,7 +493,8 @@ func (n *NATS) dispatch(ctx context.Context, emit Emit, m *nats.Msg, sc scope) {
 	select {
 	case n.sem <- struct{}{}:
 	default:
-		log.Warn("nats request refused: too many in progress", "limit", n.cfg.MaxRequests)
+		n.refusals.Log(slog.LevelWarn, "busy", "nats request refused: too many in progress",
+			"reason", "busy", "subject", m.subject, "scope", sc.String(), "limit", n.cfg.MaxRequests)
 		n.respond(m, NATSReply{Request: verb, Error: fmt.Sprintf("node busy: %d requests in progress; nothing compacted, try again later", n.cfg.MaxRequests)})
 		return
 	}
@@ -383,11 +508,9 @@ func (n *NATS) dispatch(ctx context.Context, emit Emit, m *nats.Msg, sc scope) {
 		<-n.sem
 		return
 	}
-	go func() {
-		defer n.wg.Done()
-		defer func() { <-n.sem }()
-		n.handle(ctx, emit, m, verb, req, targets, log)
-	}()
+	defer n.wg.Done()
+	defer func() { <-n.sem }()
+	n.handle(ctx, emit, m, verb, req, targets, n.logger.With("subject", m.subject, "scope", sc.String()))
 }
 
 // prepare parses a request and selects the targets sc answers for. A
@@ -432,6 +555,12 @@ func parseRequest(data []byte, max int) (NATSRequest, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return req, errors.New("invalid request body: data after the JSON object")
+	}
+	if req.SnapshotTTL != "" {
+		d, err := time.ParseDuration(req.SnapshotTTL)
+		if err != nil || d <= 0 || d > snapshot.MaxTTL {
+			return req, fmt.Errorf("invalid snapshot_ttl %q: want a duration such as \"1h\", at most %s", req.SnapshotTTL, snapshot.MaxTTL)
+		}
 	}
 	seen := map[string]bool{}
 	names := req.Targets[:0:0]
@@ -505,7 +634,7 @@ func (n *NATS) selection(names []string, sc scope) (sel []Target, unknown []stri
 
 // handle emits the signal of one request, waits for its reports and
 // replies.
-func (n *NATS) handle(ctx context.Context, emit Emit, m *nats.Msg, verb string, req NATSRequest, targets []Target, log *slog.Logger) {
+func (n *NATS) handle(ctx context.Context, emit Emit, m inMsg, verb string, req NATSRequest, targets []Target, log *slog.Logger) {
 	reply := NATSReply{Node: n.cfg.Node, Request: verb}
 	reason := "nats " + verb
 	if req.Reason != "" {
@@ -554,6 +683,18 @@ func (n *NATS) handle(ctx context.Context, emit Emit, m *nats.Msg, verb string, 
 	if verb == VerbPreMigration && len(reply.Anomalies) > 0 {
 		problems = append(problems, fmt.Sprintf("%d anomalies remain", len(reply.Anomalies)))
 	}
+	if verb == VerbPreBackup && req.Snapshot {
+		reply.Snapshots = n.takeSnapshots(ctx, targets, reply.Reports, req, log)
+		bad := 0
+		for _, s := range reply.Snapshots {
+			if s.Error != "" {
+				bad++
+			}
+		}
+		if bad > 0 {
+			problems = append(problems, fmt.Sprintf("%d of %d snapshots failed", bad, len(reply.Snapshots)))
+		}
+	}
 	reply.OK = len(problems) == 0
 	reply.Error = strings.Join(problems, "; ")
 	log.Info("nats reply", "ok", reply.OK, "reports", len(reply.Reports), "anomalies", len(reply.Anomalies), "error", reply.Error)
@@ -561,9 +702,10 @@ func (n *NATS) handle(ctx context.Context, emit Emit, m *nats.Msg, verb string, 
 }
 
 // respond sends reply to m's reply subject, trimmed to fit the server's
-// payload limit.
-func (n *NATS) respond(m *nats.Msg, reply NATSReply) {
-	if m.Reply == "" {
+// payload limit, through micro: one with ok:false as a micro error
+// (counted in num_errors, with the Nats-Service-Error headers).
+func (n *NATS) respond(m inMsg, reply NATSReply) {
+	if m.reply == "" || m.req == nil {
 		return // published without a reply subject: nobody to answer
 	}
 	if reply.Node == "" {
@@ -582,9 +724,138 @@ func (n *NATS) respond(m *nats.Msg, reply NATSReply) {
 		return
 	}
 	data := fitReply(reply, int(nc.MaxPayload()))
-	if err := nc.Publish(m.Reply, data); err != nil {
-		n.logger.Warn("nats reply not sent", "subject", m.Subject, "err", err)
+	var err error
+	switch {
+	case reply.OK:
+		err = m.req.Respond(data)
+	default:
+		err = m.req.Error("500", errorHeader(reply.Error), data)
 	}
+	if err != nil {
+		n.refusals.Log(slog.LevelWarn, "reply not sent", "nats reply not sent", "subject", m.subject, "err", err)
+	}
+}
+
+// errorHeader is an error text fit for a header: one line, bounded, never
+// empty.
+func errorHeader(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 512 {
+		s = s[:512]
+	}
+	if s == "" {
+		s = "failed"
+	}
+	return s
+}
+
+// answerStatus replies with this node's status document.
+func (n *NATS) answerStatus(ctx context.Context, m inMsg) {
+	n.mu.RLock()
+	f := n.statusFn
+	n.mu.RUnlock()
+	var doc any = map[string]string{"node": n.cfg.Node, "error": "status not available"}
+	if f != nil {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		doc = f(sctx)
+		cancel()
+	}
+	data, err := json.Marshal(doc)
+	if err != nil {
+		data, _ = json.Marshal(map[string]string{"node": n.cfg.Node, "error": err.Error()})
+	}
+	if m.reply == "" || m.req == nil {
+		return
+	}
+	if err := m.req.Respond(data); err != nil {
+		n.refusals.Log(slog.LevelWarn, "reply not sent", "nats reply not sent", "subject", m.subject, "err", err)
+	}
+}
+
+// answerPostBackup releases the snapshot a post-backup names. A node that
+// does not hold it replies ok with nothing released.
+func (n *NATS) answerPostBackup(m inMsg) {
+	reply := NATSReply{Request: VerbPostBackup}
+	req, err := parseRequest(m.data, n.cfg.MaxBodyBytes)
+	switch {
+	case err != nil:
+		reply.Error = err.Error()
+	case req.SnapshotID == "":
+		reply.Error = `invalid request body: post-backup needs {"snapshot_id": "..."}`
+	case !snapshot.ValidID(req.SnapshotID):
+		reply.Error = fmt.Sprintf("invalid snapshot_id %q", req.SnapshotID)
+	case len(req.Targets) > 0 || req.Snapshot || req.SnapshotTTL != "" || req.DryRun:
+		reply.Error = "invalid request body: post-backup takes only snapshot_id (and reason)"
+	}
+	if reply.Error != "" {
+		n.refusals.Log(slog.LevelWarn, "invalid request", "nats request refused", "reason", "invalid request", "subject", m.subject, "err", reply.Error)
+		n.respond(m, reply)
+		return
+	}
+	n.mu.RLock()
+	sn := n.snapper
+	n.mu.RUnlock()
+	reply.Released = []string{}
+	if sn != nil {
+		targets, err := sn.Release(req.SnapshotID)
+		switch {
+		case errors.Is(err, snapshot.ErrNotFound):
+		case err != nil:
+			reply.Error = "release snapshot " + req.SnapshotID + ": " + err.Error()
+		default:
+			reply.Released = append(reply.Released, req.SnapshotID)
+			n.logger.Info("nats post-backup: snapshot released", "id", req.SnapshotID, "targets", targets)
+		}
+	}
+	reply.OK = reply.Error == ""
+	n.respond(m, reply)
+}
+
+// takeSnapshots takes the backup snapshots of a pre-backup: one id for all
+// of this node's targets; a target whose compaction failed gets none.
+func (n *NATS) takeSnapshots(ctx context.Context, targets []Target, reports []backends.Report, req NATSRequest, log *slog.Logger) []snapshot.Snapshot {
+	n.mu.RLock()
+	sn := n.snapper
+	n.mu.RUnlock()
+	var ttl time.Duration
+	if req.SnapshotTTL != "" {
+		ttl, _ = time.ParseDuration(req.SnapshotTTL) // checked by parseRequest
+	}
+	failed := map[string]string{}
+	for _, r := range reports {
+		if r.Error != "" {
+			failed[r.Target] = r.Error
+		}
+	}
+	id := snapshot.NewID(time.Now())
+	out := make([]snapshot.Snapshot, 0, len(targets))
+	tctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
+	defer cancel()
+	for _, t := range targets {
+		switch {
+		case t.Backend == backends.KindRedis:
+			out = append(out, snapshot.Snapshot{Target: t.Name, Skipped: "snapshots are not supported for redis targets: back Redis up with its own RDB snapshot"})
+		case t.Backend != backends.KindJSON && t.Backend != backends.KindRotating:
+			out = append(out, snapshot.Snapshot{Target: t.Name, Skipped: "snapshots are for file targets (json, rotating) only"})
+		case failed[t.Name] != "":
+			out = append(out, snapshot.Snapshot{Target: t.Name, Error: "no snapshot: the compaction failed"})
+		case sn == nil:
+			out = append(out, snapshot.Snapshot{Target: t.Name, Error: "snapshots are not available on this node"})
+		default:
+			s, err := sn.Take(tctx, id, t, ttl)
+			if err != nil {
+				s = snapshot.Snapshot{Target: t.Name, Error: err.Error()}
+				log.Warn("backup snapshot failed", "target", t.Name, "err", err)
+			}
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // fitReply encodes reply, dropping per-report anomaly copies and then the

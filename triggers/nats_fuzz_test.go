@@ -61,12 +61,12 @@ func FuzzNATSRequest(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	// Papyra records from the golden fixtures: JSON objects with the wrong
-	// fields, which must be refused.
+	// Papyra records (testdata/papyra: inputs of the json golden cases):
+	// JSON objects with the wrong fields, which must be refused.
 	for _, name := range []string{"count", "corrupt_lines", "unicode", "timestamp_missing_or_bad"} {
-		data, err := os.ReadFile(filepath.Join("..", "backends", "testdata", "json", name, "input.ndjson"))
+		data, err := os.ReadFile(filepath.Join("testdata", "papyra", name+".ndjson"))
 		if err != nil {
-			continue
+			f.Fatalf("seed fixture %s: %v", name, err)
 		}
 		for i, line := range bytes.Split(data, []byte("\n")) {
 			if i >= 3 {

@@ -117,9 +117,10 @@ func redisTarget(name string) Target {
 }
 
 type nodeOpts struct {
-	cfg    NATSConfig
-	logs   *testlog.Buffer
-	noWait bool // do not wait until connected and subscribed
+	cfg      NATSConfig
+	logs     *testlog.Buffer
+	noWait   bool          // do not wait until connected and subscribed
+	logEvery time.Duration // when set, replaces natsRefusalLogEvery
 }
 
 // startNode runs a NATS trigger for targets against url until the test ends.
@@ -144,6 +145,9 @@ func startNodeOpts(t *testing.T, url string, o nodeOpts, targets []Target, f *fa
 	n, err := NewNATS(cfg, targets, logger)
 	if err != nil {
 		t.Fatalf("NewNATS: %v", err)
+	}
+	if o.logEvery > 0 {
+		n.refusals = newLogLimiter(n.logger, o.logEvery)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -391,6 +395,54 @@ func TestNATSRefusesBadRequests(t *testing.T) {
 	_ = n
 }
 
+// TestNATSRefusalFloodLogsBounded: a flood of bad requests logs one WARN
+// line per kind of refusal, and the count of the others when the interval
+// ends (here: when flushed), instead of one line per request.
+func TestNATSRefusalFloodLogsBounded(t *testing.T) {
+	srv := testutil.StartNATS(t)
+	f := newFakePolicy()
+	prefix := uniquePrefix(t)
+	logs := &testlog.Buffer{}
+	n := startNodeOpts(t, srv.URL, nodeOpts{cfg: NATSConfig{SubjectPrefix: prefix}, logs: logs, logEvery: time.Hour},
+		[]Target{fileTarget("events")}, f)
+	nc := clientConn(t, srv.URL)
+	const invalid, unknown = 2000, 1000
+	for i := range invalid + unknown {
+		body := fmt.Sprintf(`compact %d please`, i)
+		if i%3 == 2 {
+			body = fmt.Sprintf(`{"targets":["nope-%d"]}`, i)
+		}
+		if err := nc.Publish(prefix+".compact", []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One subscription handles its messages in order: once this request is
+	// answered, the flood has been handled.
+	if r := one(t, request(t, nc, prefix+".compact", `{"targets":["events"]}`, 1)); !r.OK {
+		t.Fatalf("valid request after the flood: %+v", r)
+	}
+	f.next(t)
+	got := lines(logs, "nats request refused")
+	if len(got) != 2 || !strings.Contains(strings.Join(got, "\n"), "reason=\"invalid request\"") ||
+		!strings.Contains(strings.Join(got, "\n"), "reason=\"unknown target\"") {
+		t.Fatalf("%d refusal lines for %d bad requests, want one per reason: %q", len(got), invalid+unknown, got)
+	}
+	n.refusals.Flush()
+	got = lines(logs, "nats request refused")
+	want := map[string]int{"invalid request": invalid - 1, "unknown target": unknown - 1}
+	for _, line := range got[2:] {
+		for reason, n := range want {
+			if strings.Contains(line, fmt.Sprintf("reason=%q", reason)) &&
+				strings.Contains(line, fmt.Sprintf("(%d similar suppressed in the last", n)) && suppressedIn(t, line) == n {
+				delete(want, reason)
+			}
+		}
+	}
+	if len(got) != 4 || len(want) != 0 {
+		t.Fatalf("after the interval: %q; no line for %v", got, want)
+	}
+}
+
 func TestNATSParseRequest(t *testing.T) {
 	req, err := parseRequest([]byte(` {"targets":["a","b","a"],"reason":"r","dry_run":true} `), 1024)
 	if err != nil || !slices.Equal(req.Targets, []string{"a", "b"}) || req.Reason != "r" || !req.DryRun {
@@ -536,7 +588,8 @@ func TestNATSBusyRefusal(t *testing.T) {
 	nc := clientConn(t, srv.URL)
 	go func() { _, _ = SendRequest(context.Background(), nc, prefix+".compact", nil, 1, 10*time.Second) }()
 	f.next(t) // the only slot is taken
-	r := one(t, request(t, nc, prefix+".compact", ``, 1))
+	// On another endpoint (one endpoint answers its requests in turn).
+	r := one(t, request(t, nc, prefix+".node.node-1.compact", ``, 1))
 	if r.OK || !strings.Contains(r.Error, "node busy") {
 		t.Fatalf("reply = %+v, want busy", r)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/snapshot"
 )
 
 // NATS request verbs: the last token of a request subject.
@@ -24,7 +25,14 @@ const (
 	VerbPreBackup    = "pre-backup"
 	VerbPreMigration = "pre-migration"
 	VerbCompact      = "compact"
+	// VerbPostBackup releases a backup snapshot; VerbStatus asks a node for
+	// its /status document. Neither compacts.
+	VerbPostBackup = "post-backup"
+	VerbStatus     = "status"
 )
+
+// ServiceName is the NATS micro service every daemon with NATS registers.
+const ServiceName = "papyra-watcher"
 
 // Defaults of NATSConfig.
 const (
@@ -52,11 +60,15 @@ var (
 	ErrNATSConfig = errors.New("invalid nats config")
 )
 
-var verbs = []string{VerbPreBackup, VerbPreMigration, VerbCompact}
+// verbs are the verbs that compact; serviceVerbs every verb with an endpoint.
+var (
+	verbs        = []string{VerbPreBackup, VerbPreMigration, VerbCompact}
+	serviceVerbs = []string{VerbPreBackup, VerbPreMigration, VerbCompact, VerbPostBackup, VerbStatus}
+)
 
-// ValidVerb reports whether v is a request verb.
+// ValidVerb reports whether v is a request verb `watcher request` sends.
 func ValidVerb(v string) bool {
-	for _, x := range verbs {
+	for _, x := range append(verbs, VerbPostBackup) {
 		if x == v {
 			return true
 		}
@@ -75,6 +87,9 @@ type NATSConfig struct {
 	// Node is this node's name (node-scoped subjects, the "node" of
 	// replies). Empty means the host name.
 	Node string
+	// Version is the watcher's version, announced by the micro service
+	// (see ServiceVersion). Empty means "dev".
+	Version string
 
 	// Authentication: at most one of Token, User/Password, CredsFile,
 	// NKeySeedFile.
@@ -110,6 +125,9 @@ func (c NATSConfig) withDefaults() NATSConfig {
 		if h, err := os.Hostname(); err == nil {
 			c.Node = h
 		}
+	}
+	if c.Version == "" {
+		c.Version = "dev"
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
@@ -170,23 +188,46 @@ func RedactURLs(list string) string {
 	return strings.Join(us, ",")
 }
 
-// validToken reports whether s can be used as one or more tokens of a
-// subject: no whitespace, no wildcards, no empty token.
-func validSubjectPart(s string) bool {
-	if s == "" || strings.ContainsAny(s, " \t\r\n*>") {
-		return false
+// validSubjectPart reports whether s can be used as one or more tokens of
+// a subject: no whitespace, no wildcards, no empty token.
+func validSubjectPart(s string) bool { return subjectPartProblem(s) == "" }
+
+// subjectPartProblem says why s cannot be one or more tokens of a subject,
+// or returns "" when it can.
+func subjectPartProblem(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case strings.ContainsAny(s, " \t\r\n"):
+		return "contains whitespace"
+	case strings.ContainsAny(s, "*>"):
+		return "contains a wildcard ('*' or '>')"
+	case strings.HasPrefix(s, "."):
+		return "starts with '.'"
+	case strings.HasSuffix(s, "."):
+		return "ends with '.'"
+	case strings.Contains(s, ".."):
+		return "has an empty token ('..')"
 	}
-	for _, tok := range strings.Split(s, ".") {
-		if tok == "" {
-			return false
-		}
+	return ""
+}
+
+// ValidateSubjectPrefix checks a subject prefix (nats.subject_prefix): one
+// or more non-empty tokens separated by '.', without whitespace or the
+// wildcards '*' and '>'. The error says what is wrong and what is allowed.
+// The NATS trigger refuses to start with a prefix it rejects, and `watcher
+// validate` checks the config with it.
+func ValidateSubjectPrefix(prefix string) error {
+	if p := subjectPartProblem(prefix); p != "" {
+		return fmt.Errorf("%q %s: want one or more non-empty tokens separated by '.', without whitespace, '*' or '>' (such as %q)",
+			prefix, p, DefaultSubjectPrefix)
 	}
-	return true
+	return nil
 }
 
 func (c NATSConfig) validate() error {
-	if !validSubjectPart(c.SubjectPrefix) {
-		return fmt.Errorf("%w: subject_prefix %q: want dot-separated tokens without spaces or wildcards", ErrNATSConfig, c.SubjectPrefix)
+	if err := ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
+		return fmt.Errorf("%w: subject_prefix %w", ErrNATSConfig, err)
 	}
 	if c.Node == "" {
 		return fmt.Errorf("%w: node name is empty and the host name is unknown", ErrNATSConfig)
@@ -482,6 +523,13 @@ type NATSRequest struct {
 	Reason string `json:"reason,omitempty"`
 	// DryRun asks for reports without changes.
 	DryRun bool `json:"dry_run,omitempty"`
+	// Snapshot (pre-backup only) asks for a backup snapshot of each file
+	// target once it is compacted, kept for SnapshotTTL (a duration such as
+	// "1h"; empty means the node's default).
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotTTL string `json:"snapshot_ttl,omitempty"`
+	// SnapshotID (post-backup only) is the snapshot to release.
+	SnapshotID string `json:"snapshot_id,omitempty"`
 }
 
 // NATSReply is the body of a reply: one node's answer for the targets it
@@ -498,7 +546,12 @@ type NATSReply struct {
 	AnomaliesOmitted int `json:"anomalies_omitted,omitempty"`
 	// UnknownTargets are requested names this node does not have.
 	UnknownTargets []string `json:"unknown_targets,omitempty"`
-	Error          string   `json:"error"`
+	// Snapshots are the backup snapshots a pre-backup with "snapshot": true
+	// took, one per target.
+	Snapshots []snapshot.Snapshot `json:"snapshots,omitempty"`
+	// Released are the snapshot ids a post-backup released on this node.
+	Released []string `json:"released,omitempty"`
+	Error    string   `json:"error"`
 }
 
 // NATSSubject returns the request subject of verb: prefix.verb, or
@@ -543,6 +596,16 @@ func NATSEventSubject(prefix, target string) string {
 // subject, ErrNoReply when no reply came in time, ErrMissingReplies (with
 // the replies that came) when fewer than expect came, or ctx's error.
 func SendRequest(ctx context.Context, nc *nats.Conn, subject string, body []byte, expect int, timeout time.Duration) ([]NATSReply, error) {
+	raw, err := GatherReplies(ctx, nc, subject, body, expect, timeout)
+	var replies []NATSReply
+	for _, data := range raw {
+		replies = append(replies, decodeReply(data))
+	}
+	return replies, err
+}
+
+// GatherReplies is SendRequest without decoding: the bodies of the replies.
+func GatherReplies(ctx context.Context, nc *nats.Conn, subject string, body []byte, expect int, timeout time.Duration) ([][]byte, error) {
 	inbox := nc.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -558,7 +621,7 @@ func SendRequest(ctx context.Context, nc *nats.Conn, subject string, body []byte
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	parent := ctx
-	var replies []NATSReply
+	var replies [][]byte
 	for expect <= 0 || len(replies) < expect {
 		msg, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
@@ -580,7 +643,7 @@ func SendRequest(ctx context.Context, nc *nats.Conn, subject string, body []byte
 				return replies, fmt.Errorf("wait for replies on %s: %w", subject, err)
 			}
 		}
-		replies = append(replies, decodeReply(msg.Data))
+		replies = append(replies, msg.Data)
 		if expect <= 0 {
 			// Keep listening a little for other nodes as fast as this one.
 			var graceCancel context.CancelFunc

@@ -11,10 +11,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/redis"
 	"github.com/papyra/watcher/policy"
 )
 
@@ -81,7 +82,7 @@ type RedisMemory struct {
 	targets []Target
 	servers map[string]*redisMemServer
 	wake    chan struct{}
-	clients map[string]*redis.Client // by url, for the default info
+	clients map[string]*goredis.Client // by url, for the default info
 }
 
 // redisMemServer is what RedisMemory keeps per server.
@@ -117,7 +118,7 @@ func NewRedisMemory(targets []Target, logger *slog.Logger, opts ...RedisMemoryOp
 		info:    o.Info,
 		servers: make(map[string]*redisMemServer),
 		wake:    make(chan struct{}, 1),
-		clients: make(map[string]*redis.Client),
+		clients: make(map[string]*goredis.Client),
 	}
 	if m.info == nil {
 		m.info, m.own = m.redisInfo, true
@@ -130,7 +131,7 @@ func NewRedisMemory(targets []Target, logger *slog.Logger, opts ...RedisMemoryOp
 // (the default port filled in) or, for unix://, the socket path. The
 // database, user and password do not matter.
 func RedisServerAddr(rawURL string) (string, error) {
-	opts, _, err := backends.ParseRedisURL(rawURL)
+	opts, _, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return "", err
 	}
@@ -299,7 +300,7 @@ func (m *RedisMemory) read(ctx context.Context, addr string, emit Emit) (time.Du
 	}
 	prev := s.state
 	s.state = state
-	redacted := backends.RedactURL(url)
+	redacted := redis.RedactURL(url)
 	switch {
 	case state == prev:
 	case state == "unreachable":
@@ -359,7 +360,7 @@ func redactErr(err error, url string) string {
 		return ""
 	}
 	msg := err.Error()
-	if opts, perr := redis.ParseURL(url); perr == nil && opts.Password != "" {
+	if opts, perr := goredis.ParseURL(url); perr == nil && opts.Password != "" {
 		msg = strings.ReplaceAll(msg, opts.Password, "xxxxx")
 	}
 	return msg
@@ -412,7 +413,7 @@ func (m *RedisMemory) redisInfo(ctx context.Context, url string) (string, error)
 	m.mu.Lock()
 	c := m.clients[url]
 	if c == nil {
-		opts, _, err := backends.ParseRedisURL(url)
+		opts, _, err := redis.ParseURL(url)
 		if err != nil {
 			m.mu.Unlock()
 			return "", err
@@ -424,7 +425,7 @@ func (m *RedisMemory) redisInfo(ctx context.Context, url string) (string, error)
 		opts.ContextTimeoutEnabled = true
 		opts.DisableIdentity = true
 		opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		c = redis.NewClient(opts)
+		c = goredis.NewClient(opts)
 		m.clients[url] = c
 	}
 	m.mu.Unlock()

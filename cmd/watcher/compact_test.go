@@ -90,3 +90,50 @@ func TestCompactUsageErrors(t *testing.T) {
 		t.Fatal("a refused command changed the data")
 	}
 }
+
+// TestCompactWarnsOnlyAboutSelectedTargets: with --target, the config's
+// warnings about the other targets (a missing directory, no retention) are
+// not printed; those about the selected target and the config as a whole
+// are.
+func TestCompactWarnsOnlyAboutSelectedTargets(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.toml")
+	text := fmt.Sprintf("[watcher]\nstate_dir = %q\nhttp_listen = \"\"\n", filepath.Join(dir, "state")) +
+		"[[target]]\nname = \"a\"\nbackend = \"json\"\npath = \"a.ndjson\"\n[target.retention]\nmax_records = 1\n" +
+		"[[target]]\nname = \"b\"\nbackend = \"json\"\npath = \"nodir-b/b.ndjson\"\n[target.retention]\nmax_records = 1\n" +
+		"[[target]]\nname = \"c\"\nbackend = \"json\"\npath = \"nodir-c/c.ndjson\"\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "a.ndjson"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WATCHER_REDIS_PASSWORD_NOPE", "x") // a warning about the config as a whole
+	for _, c := range []struct {
+		only          []string
+		want, wantNot []string
+	}{
+		{[]string{"a"}, []string{"WATCHER_REDIS_PASSWORD_NOPE"}, []string{`target \"b\"`, `target \"c\"`, "nodir"}},
+		{[]string{"b"}, []string{`target \"b\": the directory of path`, "WATCHER_REDIS_PASSWORD_NOPE"}, []string{`target \"c\"`, "nodir-c"}},
+		{nil, []string{`target \"b\": the directory`, `target \"c\": the directory`, `target \"c\": no retention`}, nil},
+	} {
+		args := []string{"--config", cfg}
+		for _, n := range c.only {
+			args = append(args, "--target", n)
+		}
+		var out, errb bytes.Buffer
+		if code := runCompact(context.Background(), args, &out, &errb); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errb.String())
+		}
+		for _, w := range c.want {
+			if !strings.Contains(errb.String(), w) {
+				t.Errorf("%v: stderr lacks %q:\n%s", c.only, w, errb.String())
+			}
+		}
+		for _, w := range c.wantNot {
+			if strings.Contains(errb.String(), w) {
+				t.Errorf("%v: stderr has %q, about a target not selected:\n%s", c.only, w, errb.String())
+			}
+		}
+	}
+}

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/papyra/watcher/triggers"
 )
 
 func parse(t *testing.T, text string) (*Config, []string, error) {
@@ -204,7 +207,7 @@ func TestConfigValueErrorsHaveLineAndKey(t *testing.T) {
 		}
 	}
 	_, _, err := parse(t, "[[target]]\nname = \"a\"\nbackend = \"memory\"\n[target.triggers.timer]\njitter = \"300%\"\n")
-	if err == nil || !strings.Contains(err.Error(), "line 5: target.triggers.timer.jitter: ") {
+	if err == nil || !strings.Contains(err.Error(), `line 5: target "a": triggers.timer.jitter: `) {
 		t.Errorf("jitter: %v", err)
 	}
 }
@@ -217,5 +220,72 @@ func TestHTTPListenDefaultAndOff(t *testing.T) {
 	cfg, _, err = parse(t, "[watcher]\nhttp_listen = \"\"\n")
 	if err != nil || *cfg.Watcher.HTTPListen != "" {
 		t.Fatalf("http_listen = \"\" must turn HTTP off: %v", err)
+	}
+}
+
+// TestConfigSubjectPrefixAsTheNATSTrigger: the config accepts exactly the
+// subject prefixes the NATS trigger starts with, so `watcher validate`
+// does not pass a config that `watcher run` refuses.
+func TestConfigSubjectPrefixAsTheNATSTrigger(t *testing.T) {
+	// TOML basic strings: "a\tb" is a tab.
+	cases := []struct {
+		toml, prefix, why string
+	}{
+		{`a..b`, "a..b", "empty token"},
+		{`papyra..compaction`, "papyra..compaction", "empty token"},
+		{`.a`, ".a", "starts with '.'"},
+		{`a.`, "a.", "ends with '.'"},
+		{`.`, ".", "starts with '.'"},
+		{`a.*`, "a.*", "wildcard"},
+		{`a.>`, "a.>", "wildcard"},
+		{`a b`, "a b", "whitespace"},
+		{`a\tb`, "a\tb", "whitespace"},
+		{`a\nb`, "a\nb", "whitespace"},
+		{`papyra.compaction`, "papyra.compaction", ""},
+		{`a`, "a", ""},
+		{`my-fleet.papyra_v2.compaction`, "my-fleet.papyra_v2.compaction", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.toml, func(t *testing.T) {
+			_, runErr := triggers.NewNATS(triggers.NATSConfig{URL: "nats://127.0.0.1:4222", SubjectPrefix: c.prefix, Node: "n"}, nil, nil)
+			text := "[watcher]\nnode = \"n\"\n\n[nats]   # comment\nurl = \"\"\nsubject_prefix = \"" + c.toml + "\"  # comment\n"
+			cfg, _, err := parse(t, text)
+			if c.why == "" {
+				if err != nil || runErr != nil {
+					t.Fatalf("valid prefix %q: config %v, NATS trigger %v", c.prefix, err, runErr)
+				}
+				if cfg.NATS.SubjectPrefix != c.prefix {
+					t.Errorf("subject_prefix = %q, want %q", cfg.NATS.SubjectPrefix, c.prefix)
+				}
+				return
+			}
+			if runErr == nil {
+				t.Fatalf("the NATS trigger accepts %q", c.prefix)
+			}
+			if err == nil {
+				t.Fatalf("config accepts %q, which the NATS trigger refuses: %v", c.prefix, runErr)
+			}
+			for _, w := range []string{
+				"line 6: nats.subject_prefix: " + fmt.Sprintf("%q", c.prefix), c.why,
+				"want one or more non-empty tokens separated by '.', without whitespace, '*' or '>'",
+			} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+
+	// The validate command says so, with exit status 2.
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("[nats]\nsubject_prefix = \"a..b\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb strings.Builder
+	if code := mainWith([]string{"validate", "--config", bad}, &out, &errb); code != 2 {
+		t.Fatalf("validate a..b: exit %d, stdout %q", code, out.String())
+	}
+	if !strings.Contains(errb.String(), `line 2: nats.subject_prefix: "a..b" has an empty token`) {
+		t.Errorf("validate output %q", errb.String())
 	}
 }

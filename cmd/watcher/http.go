@@ -63,7 +63,8 @@ func (d *daemon) notReady() []string {
 func (d *daemon) status(ctx context.Context) StatusDoc {
 	cfg := d.config()
 	d.updateDiagnosis()
-	doc := StatusDoc{Node: cfg.Watcher.Node, Version: version, StartedAt: d.started.UTC(),
+	ver, _ := buildVersion()
+	doc := StatusDoc{Node: cfg.Watcher.Node, Version: ver, StartedAt: d.started.UTC(),
 		NotReady: d.notReady()}
 	doc.Ready = len(doc.NotReady) == 0
 	sizes := d.statAll(ctx)
@@ -72,12 +73,20 @@ func (d *daemon) status(ctx context.Context) StatusDoc {
 		byName[s.Target] = s
 	}
 	timerDue := d.timer.Due()
+	growthSt := map[string]*triggers.GrowthStatus{}
+	for _, g := range d.growth.Status() {
+		growthSt[g.Target] = &g
+	}
+	retSt := d.ret.Status()
+	now := time.Now()
+	usage := d.snaps.Usage()
 	for _, t := range cfg.Targets {
 		ps := byName[t.Name]
 		ts := TargetStatus{Name: t.Name, Backend: t.Backend, SizeBytes: sizes[t.Name],
 			State: string(ps.State), PendingSignals: ps.PendingSignals, Stuck: ps.Stuck,
 			Compacting: ps.State == policy.StateRunning, ConsecutiveFailures: ps.ConsecutiveFailures,
-			LastReport: ps.LastReport, Warnings: d.diag.warnings(t.Name)}
+			LastReport: ps.LastReport, Warnings: d.diag.warnings(t.Name),
+			SnapshotsHeld: usage[t.Name].Held, SnapshotPinnedBytes: usage[t.Name].PinnedBytes}
 		if ts.State == "" {
 			ts.State = string(policy.StateIdle)
 		}
@@ -92,6 +101,12 @@ func (d *daemon) status(ctx context.Context) StatusDoc {
 		if ls := d.diag.lastSuccess(t.Name); !ls.IsZero() {
 			ts.LastSuccess = timePtr(ls)
 		}
+		var rp *triggers.RetentionStatus
+		if r, ok := retSt[t.Name]; ok {
+			rp = &r
+		}
+		ts.Retention, ts.Progress = retentionStatus(t, growthSt[t.Name], rp, now)
+		ts.Why = whyText(ts, now)
 		doc.Targets = append(doc.Targets, ts)
 	}
 	for _, p := range d.disk.Pressure() {
@@ -109,6 +124,7 @@ func (d *daemon) status(ctx context.Context) StatusDoc {
 	for _, s := range d.redisMem.State() {
 		doc.Redis = append(doc.Redis, ConnStatus{Addr: s.Addr, Connected: s.Connected, Detail: s.Err})
 	}
+	doc.Snapshots = d.snaps.List()
 	return doc
 }
 
@@ -143,6 +159,7 @@ func (d *daemon) updateDiagnosis() {
 		d.diag.set(t.Name, warnStuck, stuck[t.Name], "stuck after repeated failures; retried at the backoff cap")
 		d.metrics.SetStuck(t.Name, stuck[t.Name])
 	}
+	d.diagnoseRuntime(time.Now())
 }
 
 func timePtr(t time.Time) *time.Time {

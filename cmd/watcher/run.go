@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,24 +19,33 @@ import (
 	"github.com/papyra/watcher/backends"
 	"github.com/papyra/watcher/executor"
 	"github.com/papyra/watcher/policy"
+	"github.com/papyra/watcher/snapshot"
 	"github.com/papyra/watcher/triggers"
 )
+
+const runAbout = `Runs the daemon: triggers, policy and compactions of every target of the
+config file (default ./config.toml) until SIGINT or SIGTERM; SIGHUP reloads
+the file. Exit 2 when the file is invalid, 1 when the daemon cannot start
+or stops with an error.
+` + envUsage
 
 // runDaemon is `watcher run`: triggers → policy → executor → backends until
 // SIGINT/SIGTERM; SIGHUP reloads the config.
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("run", "watcher run [--config FILE]", runAbout, stderr)
 	configPath := fs.String("config", "config.toml", "config file")
-	if err := fs.Parse(args); err != nil {
-		return exitBadConfig
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return strayArgument(fs, fs.Arg(0), stderr)
 	}
 	cfg, warnings, err := LoadConfig(*configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "invalid config: %v\n", err)
 		return exitBadConfig
 	}
-	log := newLogger(cfg.Watcher)
+	log := newLogger(cfg.Watcher, stderr)
 	for _, w := range warnings {
 		log.Warn("config: " + w)
 	}
@@ -68,8 +76,10 @@ type daemon struct {
 	growth   *triggers.Growth
 	disk     *triggers.Disk
 	timer    *triggers.Timer
+	ret      *triggers.Retention
 	redisMem *triggers.RedisMemory
 	nats     *triggers.NATS
+	snaps    *snapshot.Manager
 
 	ready atomic.Bool
 
@@ -84,6 +94,7 @@ type daemon struct {
 type openTarget struct {
 	cfg     TargetConfig
 	backend backends.Backend
+	est     backends.Estimator // nil for memory targets
 }
 
 func newDaemon(cfg *Config, warnings []string, log *slog.Logger) (*daemon, error) {
@@ -92,7 +103,14 @@ func newDaemon(cfg *Config, warnings []string, log *slog.Logger) (*daemon, error
 	}
 	d := &daemon{log: log, started: time.Now(), cfg: cfg, warnings: warnings,
 		open: map[string]openTarget{}, metrics: executor.NewMetrics(cfg.Watcher.Node)}
+	d.metrics.SetBuild(buildVersion())
 	d.diag = newDiagnosis(d.metrics, log)
+	snaps, err := snapshot.Open(cfg.Watcher.StateDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("backup snapshots: %w", err)
+	}
+	d.snaps = snaps
+	d.metrics.SetSnapshotUsage(d.snapshotUsage)
 	d.ex = executor.New(executor.Options{StateDir: cfg.Watcher.StateDir, Node: cfg.Watcher.Node,
 		Timeout: cfg.Watcher.CompactionTimeout.Duration, LockTimeout: cfg.Watcher.LockTimeout.Duration,
 		Logger: log})
@@ -105,6 +123,7 @@ func newDaemon(cfg *Config, warnings []string, log *slog.Logger) (*daemon, error
 	d.growth = triggers.NewGrowth(tts, log)
 	d.disk = triggers.NewDisk(tts, log)
 	d.timer = triggers.NewTimer(tts, log)
+	d.ret = triggers.NewRetention(tts, log)
 	d.redisMem = triggers.NewRedisMemory(tts, log)
 	if cfg.NATS.URL != "" {
 		n, err := triggers.NewNATS(natsConfig(cfg), tts, log)
@@ -112,9 +131,13 @@ func newDaemon(cfg *Config, warnings []string, log *slog.Logger) (*daemon, error
 			return nil, fmt.Errorf("nats: %w", err)
 		}
 		d.nats = n
+		n.SetSnapshotter(d)
+		n.SetStatus(func(ctx context.Context) any { return d.status(ctx) })
 	}
 	d.metrics.SetDiskRatios(d.disk.UsedRatios)
 	d.metrics.SetRedisRatios(d.redisMem.Ratios)
+	d.metrics.SetRetentionGauges(d.retentionGauges)
+	d.disk.SetEstimates(d.ret.Estimates)
 
 	d.ex.Subscribe(d.metrics.ObserveReport)
 	d.ex.Subscribe(d.diag.observe)
@@ -129,7 +152,7 @@ func newDaemon(cfg *Config, warnings []string, log *slog.Logger) (*daemon, error
 
 // sources are the running triggers.
 func (d *daemon) sources() []triggers.Source {
-	s := []triggers.Source{d.growth, d.disk, d.timer, d.redisMem}
+	s := []triggers.Source{d.growth, d.disk, d.timer, d.ret, d.redisMem}
 	if d.nats != nil {
 		s = append(s, d.nats)
 	}
@@ -147,7 +170,7 @@ func (d *daemon) openTargets(cfg *Config) error {
 	var targets []executor.Target
 	for _, t := range cfg.Targets {
 		if old, ok := d.open[t.Name]; ok && reflect.DeepEqual(backendKey(old.cfg), backendKey(t)) {
-			next[t.Name] = openTarget{cfg: t, backend: old.backend}
+			next[t.Name] = openTarget{cfg: t, backend: old.backend, est: old.est}
 		} else {
 			b, err := openBackend(cfg, t)
 			if err != nil {
@@ -158,7 +181,7 @@ func (d *daemon) openTargets(cfg *Config) error {
 				}
 				return fmt.Errorf("target %q: %w", t.Name, err)
 			}
-			next[t.Name] = openTarget{cfg: t, backend: b}
+			next[t.Name] = openTarget{cfg: t, backend: b, est: backends.NewEstimator(b)}
 		}
 		targets = append(targets, executorTarget(t, next[t.Name].backend))
 		d.metrics.InitTarget(t.Name, t.Backend)
@@ -180,16 +203,39 @@ func (d *daemon) openTargets(cfg *Config) error {
 // from: a change in it reopens the backend.
 func backendKey(t TargetConfig) TargetConfig {
 	return TargetConfig{Name: t.Name, Backend: t.Backend, Path: t.Path, MaxBytes: t.MaxBytes,
-		MaxFiles: t.MaxFiles, FollowSymlinks: t.FollowSymlinks, URL: t.URL, Prefix: t.Prefix,
+		MaxFiles: t.MaxFiles, FollowSymlinks: t.FollowSymlinks, Method: t.Method, URL: t.URL, Prefix: t.Prefix,
 		SystemID: t.SystemID, ApproxTrim: t.ApproxTrim, TrimUnacked: t.TrimUnacked}
 }
 
 func (d *daemon) triggerTargets(cfg *Config) []triggers.Target {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	out := make([]triggers.Target, 0, len(cfg.Targets))
 	for _, t := range cfg.Targets {
-		out = append(out, triggerTarget(t))
+		tt := triggerTarget(t)
+		tt.Estimator = d.open[t.Name].est
+		out = append(out, tt)
 	}
 	return out
+}
+
+// retentionGauges are the values of the retention metrics, from the
+// retention trigger's last estimates.
+func (d *daemon) retentionGauges() executor.RetentionGauges {
+	g := executor.RetentionGauges{ReclaimableBytes: map[string]float64{}, ReclaimableRecords: map[string]float64{},
+		OldestAgeSeconds: map[string]float64{}, MaxAgeSeconds: map[string]float64{}}
+	now := time.Now()
+	for name, e := range d.ret.Estimates() {
+		g.ReclaimableBytes[name] = float64(e.ReclaimableBytes)
+		g.ReclaimableRecords[name] = float64(e.ReclaimableRecords)
+		g.OldestAgeSeconds[name] = e.OldestAge(now).Seconds()
+	}
+	for _, t := range d.config().Targets {
+		if ma := t.Retention.MaxAgeSeconds; ma != nil {
+			g.MaxAgeSeconds[t.Name] = *ma
+		}
+	}
+	return g
 }
 
 // policyConfig is the policy engine's view of the config.
@@ -204,12 +250,15 @@ func policyConfig(cfg *Config) policy.Config {
 	return pc
 }
 
+// natsConfig is the NATS trigger's view of the config; the micro service
+// announces this binary's version (buildVersion).
 func natsConfig(cfg *Config) triggers.NATSConfig {
 	n := cfg.NATS
+	ver, _ := buildVersion()
 	return triggers.NATSConfig{URL: n.URL, SubjectPrefix: n.SubjectPrefix, Node: cfg.Watcher.Node,
 		User: n.User, Password: n.Password, Token: n.Token, CredsFile: n.CredsFile,
 		NKeySeedFile: n.NKeySeedFile, TLSCA: n.TLSCA, TLSCert: n.TLSCert, TLSKey: n.TLSKey,
-		MaxBodyBytes: n.MaxBodyBytes}
+		MaxBodyBytes: n.MaxBodyBytes, Version: ver}
 }
 
 // run starts everything, serves until ctx is done, and shuts down
@@ -249,6 +298,12 @@ func (d *daemon) run(ctx context.Context, configPath string, hup <-chan os.Signa
 		}()
 	}
 	stopStats := d.refreshSizes(trigCtx)
+	stopNATSState := d.followNATS(trigCtx)
+	trigWG.Add(1)
+	go func() {
+		defer trigWG.Done()
+		d.snaps.Run(trigCtx, snapshotExpiryEvery)
+	}()
 	// Ready once growth is watched and measured: from then on an append is
 	// seen.
 	select {
@@ -257,8 +312,9 @@ func (d *daemon) run(ctx context.Context, configPath string, hup <-chan os.Signa
 	}
 	d.ready.Store(true)
 	cfg := d.config()
+	ver, rev := buildVersion()
 	d.log.Info("watcher running", "node", cfg.Watcher.Node, "targets", len(cfg.Targets),
-		"config", cfg.Path, "version", version)
+		"config", cfg.Path, "version", ver, "revision", rev)
 
 loop:
 	for {
@@ -275,6 +331,7 @@ loop:
 	stopTriggers()
 	trigWG.Wait()
 	stopStats()
+	stopNATSState()
 	graceCtx, cancel := context.WithTimeout(context.Background(), d.config().Watcher.ShutdownGrace.Duration)
 	if err := d.engine.Shutdown(graceCtx); err != nil {
 		d.log.Warn("running compaction abandoned at the end of the grace period; the old content is intact", "error", err)
@@ -351,14 +408,33 @@ func (d *daemon) refreshSizes(ctx context.Context) (stop func()) {
 		for {
 			d.statAll(ctx)
 			d.updateDiagnosis()
-			if d.nats != nil {
-				ok, _ := d.nats.State()
-				d.metrics.SetNATSConnected(ok)
-			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			}
+		}
+	}()
+	return func() { <-done }
+}
+
+// followNATS keeps the nats_connected gauge equal to the connection state,
+// set at every change (connect, disconnect, reconnect, close) rather than
+// sampled. Without NATS it does nothing.
+func (d *daemon) followNATS(ctx context.Context) (stop func()) {
+	if d.nats == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			connected, changed := d.nats.Watch()
+			d.metrics.SetNATSConnected(connected)
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
 			}
 		}
 	}()

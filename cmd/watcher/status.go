@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,9 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/papyra/watcher/snapshot"
+	"github.com/papyra/watcher/triggers"
 )
 
 // defaultStatusAddr is where `watcher status` looks for the daemon: the
@@ -31,17 +33,28 @@ const maxStatusBody = 32 << 20
 // or the JSON document itself with --json. Exit 0 on an answer, 1 when the
 // daemon cannot be reached or does not answer 200, 2 on bad usage.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("status", "watcher status [--addr HOST:PORT] [--json] [--timeout D]",
+		`Asks a running daemon for GET /status and prints one row per target (the
+JSON document with --json). Exit 0 on an answer, 1 when the daemon cannot be
+reached or does not answer 200, 2 on bad usage.`, stderr)
 	addr := fs.String("addr", defaultStatusAddr, "the daemon's http_listen address, HOST:PORT (or an http:// URL)")
 	asJSON := fs.Bool("json", false, "print the /status JSON document instead of a table")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up when the daemon has not answered within this time")
-	if err := fs.Parse(args); err != nil {
-		return exitBadConfig
+	natsURL := fs.String("nats", "", "ask the whole fleet over NATS at this URL instead of one daemon over HTTP")
+	prefix := fs.String("prefix", triggers.DefaultSubjectPrefix, "with --nats: the watchers' nats.subject_prefix")
+	natsCfg := natsClientFlags(fs)
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if *natsURL != "" {
+		if fs.NArg() > 0 || *timeout <= 0 {
+			fmt.Fprintln(stderr, "watcher status: unexpected argument or non-positive --timeout")
+			return exitBadConfig
+		}
+		return runFleetStatus(ctx, natsCfg(*natsURL, *prefix), *asJSON, *timeout, stdout, stderr)
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "watcher status: unexpected argument %q\n", fs.Arg(0))
-		return exitBadConfig
+		return strayArgument(fs, fs.Arg(0), stderr)
 	}
 	if *timeout <= 0 {
 		fmt.Fprintf(stderr, "watcher status: --timeout must be positive, got %s\n", *timeout)
@@ -182,13 +195,30 @@ func renderStatus(w io.Writer, doc StatusDoc, now time.Time) {
 		fmt.Fprintln(w, "no targets")
 	} else {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "TARGET\tBACKEND\tSIZE\tLAST RUN\tRESULT\tRECLAIMED\tSTATE\tWARNINGS")
+		fmt.Fprintln(tw, "TARGET\tBACKEND\tSIZE\tLAST RUN\tRESULT\tRECLAIMED\tSTATE\tSNAPSHOTS\tWARNINGS")
 		for _, t := range doc.Targets {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 				t.Name, statusOrDash(t.Backend), statusSizeText(t.SizeBytes), statusLastRunText(t, now), statusResultText(t),
-				statusReclaimedText(t), statusStateText(t, now), statusWarningsText(t.Warnings))
+				statusReclaimedText(t), statusStateText(t, now), statusSnapshotsText(t), statusWarningsText(t.Warnings))
 		}
 		tw.Flush()
+	}
+	if line := statusSnapshotsLine(doc, now); line != "" {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, line)
+	}
+
+	var whys []string
+	for _, t := range doc.Targets {
+		if t.Why != "" {
+			whys = append(whys, t.Name+": "+t.Why)
+		}
+	}
+	if len(whys) > 0 {
+		fmt.Fprintln(w)
+		for _, n := range whys {
+			fmt.Fprintln(w, n)
+		}
 	}
 
 	var notes []string
@@ -251,6 +281,49 @@ func renderStatus(w io.Writer, doc StatusDoc, now time.Time) {
 			fmt.Fprintln(w, n)
 		}
 	}
+}
+
+// statusSnapshotsText is a target's backup snapshots: how many are held
+// and the bytes only they still link.
+func statusSnapshotsText(t TargetStatus) string {
+	if t.SnapshotsHeld == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d (pins %s)", t.SnapshotsHeld, statusSizeText(t.SnapshotPinnedBytes))
+}
+
+// statusSnapshotsLine sums up the backup snapshots the node holds: how
+// many, the bytes they pin, and which expires next and when; "" when it
+// holds none.
+func statusSnapshotsLine(doc StatusDoc, now time.Time) string {
+	ids := map[string]bool{}
+	var next *snapshot.Snapshot
+	for i, s := range doc.Snapshots {
+		ids[s.ID] = true
+		if s.ExpiresAt != nil && (next == nil || s.ExpiresAt.Before(*next.ExpiresAt)) {
+			next = &doc.Snapshots[i]
+		}
+	}
+	if len(ids) == 0 {
+		return ""
+	}
+	var pinned int64
+	for _, t := range doc.Targets {
+		pinned += t.SnapshotPinnedBytes
+	}
+	word := "snapshot"
+	if len(ids) > 1 {
+		word += "s"
+	}
+	line := fmt.Sprintf("backup %s: %d held, pinning %s", word, len(ids), statusSizeText(pinned))
+	if next != nil {
+		if next.ExpiresAt.After(now) {
+			line += fmt.Sprintf("; %s expires %s", next.ID, statusAt(*next.ExpiresAt, now, "at"))
+		} else {
+			line += fmt.Sprintf("; %s expired, removed shortly", next.ID)
+		}
+	}
+	return line
 }
 
 func statusConnNote(what string, c ConnStatus) string {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/snapshot"
 )
 
 // StatusDoc is the JSON of GET /status, read by `watcher status`.
@@ -17,6 +18,8 @@ type StatusDoc struct {
 	Disks     []DiskStatus   `json:"disks,omitempty"`
 	NATS      *ConnStatus    `json:"nats,omitempty"`
 	Redis     []ConnStatus   `json:"redis,omitempty"`
+	// Snapshots are the backup snapshots this node holds.
+	Snapshots []snapshot.Snapshot `json:"snapshots,omitempty"`
 	// Warnings are the self-diagnosed signs of misconfiguration that
 	// concern no single target.
 	Warnings []string `json:"warnings,omitempty"`
@@ -40,7 +43,20 @@ type TargetStatus struct {
 	ConsecutiveFailures int              `json:"consecutive_failures"`
 	LastReport          *backends.Report `json:"last_report,omitempty"`
 	LastSuccess         *time.Time       `json:"last_success,omitempty"`
-	Warnings            []string         `json:"warnings,omitempty"`
+	// Retention is the reclaimable estimate and the age deadline (absent
+	// when the retention trigger does not watch the target).
+	Retention *RetentionStatus `json:"retention,omitempty"`
+	// Progress is the progress toward each trigger in words: "grew 12 MiB
+	// of 64 MiB; 4 % reclaimable of 10 %; oldest record 6d2h, limit 7d:
+	// due in 21h".
+	Progress string `json:"progress,omitempty"`
+	// Why says in words why the target is not compacting now.
+	Why      string   `json:"why,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	// SnapshotsHeld counts the backup snapshots held for the target and
+	// SnapshotPinnedBytes the bytes only they still link.
+	SnapshotsHeld       int   `json:"snapshots_held"`
+	SnapshotPinnedBytes int64 `json:"snapshot_pinned_bytes"`
 }
 
 // DiskStatus is one filesystem holding file targets.

@@ -2,13 +2,17 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/jsonfile"
+	"github.com/papyra/watcher/backends/memory"
+	"github.com/papyra/watcher/backends/redis"
+	"github.com/papyra/watcher/backends/rotating"
 	"github.com/papyra/watcher/executor"
 	"github.com/papyra/watcher/triggers"
 )
@@ -17,18 +21,18 @@ import (
 func openBackend(cfg *Config, t TargetConfig) (backends.Backend, error) {
 	switch t.Backend {
 	case backends.KindJSON:
-		return backends.NewJSON(backends.JSONConfig{Name: t.Name, Path: t.Path,
-			StateDir: cfg.Watcher.StateDir, FollowSymlinks: t.FollowSymlinks})
+		return jsonfile.New(jsonfile.Config{Name: t.Name, Path: t.Path,
+			StateDir: cfg.Watcher.StateDir, FollowSymlinks: t.FollowSymlinks, Method: t.Method})
 	case backends.KindRotating:
-		return backends.NewRotating(backends.RotatingConfig{Name: t.Name, Path: t.Path,
+		return rotating.New(rotating.Config{Name: t.Name, Path: t.Path,
 			MaxBytes: t.MaxBytes, MaxFiles: t.MaxFiles, StateDir: cfg.Watcher.StateDir,
-			FollowSymlinks: t.FollowSymlinks})
+			FollowSymlinks: t.FollowSymlinks, Method: t.Method})
 	case backends.KindRedis:
-		return backends.NewRedis(backends.RedisConfig{Name: t.Name, URL: t.URL, Prefix: t.Prefix,
+		return redis.New(redis.Config{Name: t.Name, URL: t.URL, Prefix: t.Prefix,
 			SystemID: t.SystemID, ApproxTrim: *t.ApproxTrim, TrimUnacked: t.TrimUnacked,
 			Node: cfg.Watcher.Node})
 	case backends.KindMemory:
-		return backends.NewMemory(t.Name), nil
+		return memory.New(t.Name), nil
 	}
 	return nil, fmt.Errorf("target %q: unknown backend %q", t.Name, t.Backend)
 }
@@ -42,7 +46,7 @@ func executorTarget(t TargetConfig, b backends.Backend) executor.Target {
 
 // triggerTarget is the triggers' view of a target.
 func triggerTarget(t TargetConfig) triggers.Target {
-	tt := triggers.Target{Name: t.Name, Backend: t.Backend,
+	tt := triggers.Target{Name: t.Name, Backend: t.Backend, Method: t.Method,
 		Growth: triggers.GrowthSettings{MinBytes: *t.Triggers.Growth.MinBytes, MinRatio: *t.Triggers.Growth.MinRatio},
 		Disk: triggers.DiskSettings{Interval: t.Triggers.Disk.Interval.Duration,
 			HighPercent: *t.Triggers.Disk.HighPercent, LowPercent: *t.Triggers.Disk.LowPercent,
@@ -51,6 +55,13 @@ func triggerTarget(t TargetConfig) triggers.Target {
 			Jitter: float64(*t.Triggers.Timer.Jitter)},
 		RedisMemory: triggers.RedisMemorySettings{Interval: t.Triggers.RedisMemory.Interval.Duration,
 			HighPercent: *t.Triggers.RedisMemory.HighPercent, LowPercent: *t.Triggers.RedisMemory.LowPercent},
+		Retention: triggers.RetentionSettings{Interval: t.Triggers.Retention.Interval.Duration,
+			MinReclaimableRatio: *t.Triggers.Retention.MinReclaimableRatio,
+			MinReclaimableBytes: *t.Triggers.Retention.MinReclaimableBytes},
+		Limits: t.Retention,
+	}
+	if ma := t.Retention.MaxAgeSeconds; ma != nil {
+		tt.Retention.AgeSlack = t.Triggers.Retention.AgeSlack.For(*ma)
 	}
 	switch t.Backend {
 	case backends.KindJSON:
@@ -92,20 +103,57 @@ func selectTargets(cfg *Config, only []string) ([]TargetConfig, error) {
 	return out, nil
 }
 
-// newLogger makes the slog logger [watcher] asks for, writing to stderr.
-func newLogger(w WatcherConfig) *slog.Logger {
+// warningsFor returns the config's warnings without those about targets
+// that are not in selected: a command working on some targets warns about
+// them and the config as a whole only.
+func warningsFor(cfg *Config, warnings []string, selected []TargetConfig) []string {
+	in := map[string]bool{}
+	for _, t := range selected {
+		in[t.Name] = true
+	}
+	drop := map[string]bool{}
+	for _, t := range cfg.Targets {
+		if !in[t.Name] {
+			for _, w := range t.warnings {
+				drop[w] = true
+			}
+		}
+	}
+	var out []string
+	for _, w := range warnings {
+		if !drop[w] {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// newLogger makes the slog logger [watcher] asks for, writing to out
+// (stderr, or a progress line's writer that clears the line first). It is
+// the one place a logger is built: durations are printed as text ("1.5s")
+// in both formats, not as nanoseconds in JSON.
+func newLogger(w WatcherConfig, out io.Writer) *slog.Logger {
 	var level slog.Level
 	level.UnmarshalText([]byte(w.LogLevel))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationAsText}
 	var log *slog.Logger
 	if w.LogFormat == "json" {
-		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		log = slog.New(slog.NewJSONHandler(out, opts))
 	} else {
-		log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+		log = slog.New(slog.NewTextHandler(out, opts))
 	}
 	// go-redis would print every failed dial to stderr; it goes to debug.
-	backends.RouteRedisClientLogs(log)
+	redis.RouteClientLogs(log)
 	return log
+}
+
+// durationAsText is a slog ReplaceAttr that prints time.Duration values as
+// Go duration strings ("1.5s") instead of integer nanoseconds.
+func durationAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // stringList is a repeatable string flag.

@@ -50,6 +50,14 @@ type natsSetup struct {
 	token      string
 	tls        bool
 	verifyPeer bool
+	conf       string
+}
+
+// WithNATSConfig makes the server apply conf, nats-server configuration
+// text (an authorization block with users and permissions, say), under the
+// test's own listen address and limits.
+func WithNATSConfig(conf string) NATSOption {
+	return func(s *natsSetup) { s.conf = conf }
 }
 
 // WithNATSToken makes the server require the given token.
@@ -73,14 +81,16 @@ func StartNATS(t testing.TB, options ...NATSOption) *NATSServer {
 	for _, o := range options {
 		o(&setup)
 	}
-	opts := &server.Options{
-		Host:   "127.0.0.1",
-		Port:   server.RANDOM_PORT,
-		NoLog:  true,
-		NoSigs: true,
-		// No HTTP monitoring, no cluster, no JetStream: a plain core server.
-		MaxPayload: 1 << 20,
+	opts := &server.Options{}
+	if setup.conf != "" {
+		if err := opts.ProcessConfigString(setup.conf); err != nil {
+			t.Fatalf("testutil: NATS configuration: %v", err)
+		}
 	}
+	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+	opts.NoLog, opts.NoSigs = true, true
+	// No HTTP monitoring, no cluster, no JetStream: a plain core server.
+	opts.MaxPayload = 1 << 20
 	s := &NATSServer{t: t, opts: opts, Token: setup.token}
 	if setup.token != "" {
 		opts.Authorization = setup.token

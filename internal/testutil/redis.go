@@ -1,6 +1,3 @@
-// Package testutil holds helpers shared by the watcher's tests: private
-// redis-server processes on free ports, the shared Redis on 127.0.0.1:6379,
-// and unique key prefixes so that tests never collide.
 package testutil
 
 import (

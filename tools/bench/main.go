@@ -1,10 +1,13 @@
 // Command bench measures the watcher the way BENCHMARKS.md reports it: json
 // compaction against `cp` of the same file in the same run (wall time and
-// peak RSS), a rotating set, the daemon's reaction latency and its idle cost.
-// It generates its own data with tools/genpapyra.
+// peak RSS), in-place compaction (the first one and the steady state), a
+// rotating set, the daemon's reaction latency and its idle cost. It
+// generates its own data with tools/genpapyra.
 //
-//	go run ./tools/bench                 # everything (needs ~7 GB free in -dir)
-//	go run ./tools/bench -quick          # 10 MB and 196 MB only, 20 trials, 10 s idle
+//	go run ./tools/bench                 # everything (needs ~10 GB free in -dir)
+//	go run ./tools/bench -quick          # no 2 GB file, 20 trials, 10 s idle
+//	go run ./tools/bench -only inplace   # one section: files, inplace, rotating, reaction, idle
+//	go run ./tools/bench -only estimate  # not in "everything": 100 targets of 194 MB (~20 GB in -dir)
 package main
 
 import (
@@ -31,13 +34,23 @@ var (
 	trials = flag.Int("trials", 100, "reaction latency trials")
 	idle   = flag.Duration("idle", 60*time.Second, "idle measurement duration")
 	repeat = flag.Int("repeat", 3, "runs per json size (the best is reported, as for cp)")
+	only   = flag.String("only", "", "comma-separated sections to run (files, inplace, rotating, reaction, idle, estimate); all but estimate when empty")
 )
+
+// section reports whether the section name is to run.
+func section(name string) bool {
+	return *only == "" || slices.Contains(strings.Split(*only, ","), name)
+}
 
 // now is the fixed clock of the generated data, so retention is repeatable.
 const now = 1795600000
 
 func main() {
 	flag.Parse()
+	if *steadyChild != "" {
+		steadyMain(*steadyChild)
+		return
+	}
 	if *quick {
 		*trials, *idle = 20, 10*time.Second
 	}
@@ -47,20 +60,55 @@ func main() {
 	run("go", "build", "-o", bin, "./cmd/watcher")
 	run("go", "build", "-o", gen, "./tools/genpapyra")
 
-	fmt.Printf("machine: %d cores, %s, %s\n\n", runtime.NumCPU(), cpuModel(), runtime.Version())
-	fmt.Println("| what | watcher | cp | ratio to cp | cp + fsync | ratio to cp + fsync | peak RSS |")
-	fmt.Println("| --- | --- | --- | --- | --- | --- | --- |")
-	sizes := []int{51_000, 1_000_000, 10_200_000}
-	if *quick {
-		sizes = sizes[:2]
+	fmt.Printf("machine: %d cores, %s, %s, load average %s\n\n", runtime.NumCPU(), cpuModel(), runtime.Version(), loadAvg())
+	if section("files") || section("rotating") {
+		fmt.Println("| what | watcher | cp | ratio to cp | cp + fsync | ratio to cp + fsync | peak RSS |")
+		fmt.Println("| --- | --- | --- | --- | --- | --- | --- |")
 	}
-	for _, n := range sizes {
-		benchJSON(bin, gen, n)
+	if section("files") {
+		sizes := []int{51_000, 1_000_000, 10_200_000}
+		if *quick {
+			sizes = sizes[:2]
+		}
+		for _, n := range sizes {
+			benchJSON(bin, gen, n)
+		}
 	}
-	benchRotating(bin, gen, 1_000_000)
+	if section("rotating") {
+		benchRotating(bin, gen, 1_000_000)
+	}
+	if section("inplace") {
+		fmt.Println()
+		sizes := []int{1_000_000, 10_200_000}
+		if *quick {
+			sizes = sizes[:1]
+		}
+		benchInPlace(bin, gen, sizes)
+	}
 	fmt.Println()
-	benchReaction(bin)
-	benchIdle(bin)
+	if section("reaction") {
+		benchReaction(bin)
+	}
+	if section("idle") {
+		benchIdle(bin)
+	}
+	if slices.Contains(strings.Split(*only, ","), "estimate") {
+		benchEstimate(bin, gen)
+	}
+	fmt.Printf("\nload average at the end: %s\n", loadAvg())
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // benchJSON compacts a generated file of n records to n/10.
@@ -77,6 +125,7 @@ func benchJSON(bin, gen string, n int) {
 name = "events"
 backend = "json"
 path = %q
+method = "copy"
 [target.retention]
 max_records = %d
 `, work, n/10))
@@ -130,6 +179,7 @@ backend = "rotating"
 path = %q
 max_bytes = %d
 max_files = 5
+method = "copy"
 [target.retention]
 max_records = %d
 `, filepath.Join(setDir, "audit.log"), maxBytes, n/10))
@@ -317,21 +367,8 @@ func rssKB(pid int) int64 {
 // process's own RSS: Go starts children with vfork, and exec records the
 // shared memory's high-water mark as the child's.)
 func timed(name string, args ...string) (time.Duration, int64) {
-	rssFile := filepath.Join(*dir, "rss")
-	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rssFile, name}, args...)...)
-	cmd.Stderr = os.Stderr
-	t0 := time.Now()
-	out, err := cmd.Output()
-	el := time.Since(t0)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s %v: %v\n%s", name, args, err, out)
-		os.Exit(1)
-	}
-	b, err := os.ReadFile(rssFile)
-	must(err)
-	kb, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	must(err)
-	return el, kb << 10
+	t, rss, _ := timedOut(name, args...)
+	return t, rss
 }
 
 func writeConfig(name, body string) string {

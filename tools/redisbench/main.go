@@ -20,9 +20,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/papyra/watcher/backends"
+	"github.com/papyra/watcher/backends/redis"
 )
 
 func main() {
@@ -39,7 +40,7 @@ func main() {
 		defer stop()
 		*addr = a
 	}
-	c := redis.NewClient(&redis.Options{Addr: *addr})
+	c := goredis.NewClient(&goredis.Options{Addr: *addr})
 	defer c.Close()
 	ctx := context.Background()
 	key := "redisbench:local:events"
@@ -66,7 +67,7 @@ func main() {
 
 	watcher := func(approx bool) func() (int, time.Duration, error) {
 		return func() (int, time.Duration, error) {
-			b, err := backends.NewRedis(backends.RedisConfig{Name: "bench", URL: "redis://" + *addr + "/0",
+			b, err := redis.New(redis.Config{Name: "bench", URL: "redis://" + *addr + "/0",
 				Prefix: "redisbench", ApproxTrim: approx, Node: "bench"})
 			if err != nil {
 				return 0, 0, err
@@ -99,12 +100,12 @@ type xtrimCounter struct {
 	slowest time.Duration
 }
 
-func (h *xtrimCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *xtrimCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h *xtrimCounter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+func (h *xtrimCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
 	return next
 }
-func (h *xtrimCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
+func (h *xtrimCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
 		t := time.Now()
 		err := next(ctx, cmd)
 		if cmd.Name() == "xtrim" {
@@ -120,7 +121,7 @@ func (h *xtrimCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // pinger PINGs addr in a loop from its own connection until the returned
 // function is called, which returns the worst round trip seen.
 func pinger(addr string) func() time.Duration {
-	c := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1})
+	c := goredis.NewClient(&goredis.Options{Addr: addr, PoolSize: 1})
 	ctx := context.Background()
 	c.Ping(ctx)
 	stop := make(chan struct{})
@@ -143,13 +144,13 @@ func pinger(addr string) func() time.Duration {
 	return func() time.Duration { close(stop); return <-res }
 }
 
-var fillScript = redis.NewScript(`for i = 1, tonumber(ARGV[1]) do
+var fillScript = goredis.NewScript(`for i = 1, tonumber(ARGV[1]) do
   redis.call('XADD', KEYS[1], '*', 'data', string.format(ARGV[2], i, i))
 end
 return 0`)
 
 // fill appends n entries shaped like Papyra's events (about 190 bytes).
-func fill(ctx context.Context, c *redis.Client, key string, n int) error {
+func fill(ctx context.Context, c *goredis.Client, key string, n int) error {
 	tmpl := `{"kind": "event", "system_id": "local", "actor_address": "local/worker-%d", "event_type": "ActorStarted", "payload": {"seq": %d, "note": "ok"}, "timestamp": 1795599998.0}`
 	for done := 0; done < n; done += 10000 {
 		if err := fillScript.Run(ctx, c, []string{key}, min(10000, n-done), tmpl).Err(); err != nil {
@@ -182,7 +183,7 @@ func startRedis() (string, func(), error) {
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	stop := func() { cmd.Process.Kill(); cmd.Wait(); os.RemoveAll(dir) }
-	c := redis.NewClient(&redis.Options{Addr: addr})
+	c := goredis.NewClient(&goredis.Options{Addr: addr})
 	defer c.Close()
 	for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
 		if time.Now().After(deadline) {
