@@ -39,15 +39,14 @@ package jsonfile
 //     drain pass (below); fsync of the directory;
 //   - drain: a writer that opened the old inode before the rename may still
 //     write to it. The old file stays open and whatever lands in it past the
-//     catch-up offset is appended to the new file in whole lines (O_APPEND,
-//     one write per chunk, the journal updated with the chunk's range before
-//     each write, without fsync so the drain follows the rename at once),
-//     until no process has the old inode open for writing (see below);
-//     then the link and the journal are removed. From before the rename to
-//     the end of the drain the new file carries a write lease (F_SETLEASE
-//     F_WRLCK, on the only descriptor open on it), so a writer's open of the
-//     path waits in the kernel until the drain is over (milliseconds), and a
-//     writer seen waiting on it ends the drain: it is done with the old file.
+//     catch-up offset goes to the new file in whole lines, one chunk at a
+//     time, into a slot reserved at the end of the new file's own bytes
+//     (swap.go states the protocol step by step), until no process has the
+//     old inode open for writing (see below); then the link and the journal
+//     are removed. From before the rename to the end of the drain the new
+//     file carries a write lease (F_SETLEASE F_WRLCK, on the only descriptor
+//     open on it), so a writer's open of the path waits in the kernel until
+//     the drain is over (milliseconds).
 //
 // Guaranteed: every complete line appended to the file during a compaction is
 // in the new file exactly once, whether it was written before the rename
@@ -123,6 +122,9 @@ var (
 	drainQuiet = 60 * time.Millisecond
 	// drainMax bounds the drain.
 	drainMax = 5 * time.Second
+	// drainSettle is the shortest drain: an open of the path that resolved
+	// to the old inode just before the rename has completed by then.
+	drainSettle = 10 * time.Millisecond
 	// pollInterval is how often size changes are polled.
 	pollInterval = 2 * time.Millisecond
 	// tailQuiet is how long an unterminated last line must have been

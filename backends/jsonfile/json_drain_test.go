@@ -156,3 +156,71 @@ func TestJSONDrainLongLineInPieces(t *testing.T) {
 		})
 	}
 }
+
+// TestJSONDrainLastPassMeasuresAfterDeciding: a writer that opened the file
+// before the swap appends its line and closes just before the drain checks
+// whether anyone still has the old file open. The check finds nobody, so
+// that pass is the last, and it must drain what the writer wrote: the pass
+// measures the old file after deciding, not before. A line landing between
+// a measurement and the check would otherwise be past the last drained
+// offset, and lost with the old inode. The drain also lasts at least
+// drainSettle after the rename, whatever it finds.
+func TestJSONDrainLastPassMeasuresAfterDeciding(t *testing.T) {
+	dir := t.TempDir()
+	j, path := newTestJSON(t, dir)
+	var in bytes.Buffer
+	for i := range 20 {
+		fmt.Fprintf(&in, `{"kind": "event", "seq": %d, "timestamp": 1795599990.0}`+"\n", i)
+	}
+	if err := os.WriteFile(path, in.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	late := []byte(`{"kind": "event", "note": "late", "timestamp": 1795599999.0}` + "\n")
+	w, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var (
+		renamedAt, drainedAt time.Time
+		passes               int
+		writeErr             error
+	)
+	restore := fsx.SetCrashHook(func(p string) error {
+		switch p {
+		case "renamed":
+			renamedAt = time.Now()
+		case "drain-pass":
+			passes++
+			// Once the settle time is over, so that this pass can be the
+			// last: the writer's line lands, and it lets go of the file.
+			if passes > 1 && w != nil && time.Since(renamedAt) >= drainSettle {
+				if _, writeErr = w.Write(late); writeErr == nil {
+					writeErr = w.Close()
+				}
+				w = nil
+			}
+		case "drained":
+			drainedAt = time.Now()
+		}
+		return nil
+	})
+	defer restore()
+	rep, err := j.Compact(context.Background(), backends.CompactOptions{Retention: backends.Retention{MaxRecords: ptrInt(5)}, Now: time.Unix(1795600000, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if writeErr != nil || w != nil {
+		t.Fatalf("the writer did not write during the drain (err %v)", writeErr)
+	}
+	got, _ := os.ReadFile(path)
+	if !bytes.HasSuffix(got, late) {
+		t.Fatalf("the line written just before the last pass was lost (report %+v):\n%s", rep, got)
+	}
+	if n := bytes.Count(got, []byte("\n")); n != 6 {
+		t.Fatalf("%d lines, want 5 retained + 1 late:\n%s", n, got)
+	}
+	if d := drainedAt.Sub(renamedAt); d < drainSettle {
+		t.Errorf("the drain ended %v after the rename, before drainSettle (%v)", d, drainSettle)
+	}
+}

@@ -38,9 +38,12 @@ package jsonfile
 //     did so after the slot, on lines of their own. Until recovery runs, a
 //     reader sees the slot as one unreadable line (NULs, or the start of
 //     the chunk then NULs), which Papyra's reader skips.
-//  5. When no process has O open for writing (a read lease can be taken on
-//     it) or a writer waits on T's lease (it is done with O), a last pass
-//     takes the rest; fsync T; remove L; fsync the directory; remove J.
+//  5. No sooner than drainSettle after the rename, when no process has O
+//     open for writing (a read lease can be taken on it; where that cannot
+//     be told, when a writer waits on T's lease: it is done with O), a last
+//     pass measures O after that check and takes the rest, and counts only
+//     if the check still holds and O has not grown; fsync T; remove L; fsync
+//     the directory; remove J.
 //
 // Recovery (every compaction and every start runs it first), with J present:
 //
@@ -431,10 +434,19 @@ func (d *drainer) close() {
 
 // run drains until no writer can add to the old inode any more: no process
 // has it open for writing (checked with a read lease; nobody can open it by
-// name since the rename), or, where leases are not available, it has been
-// quiet for drainQuiet. A writer that keeps it open is waited for up to
-// drainMax. With a lease on the new file, a writer waiting on that lease has
-// finished with the old file, which ends the drain too.
+// name since the rename), or, where that cannot be told, a writer waits on
+// the new file's lease (it is done with the old file) or the old file has
+// been quiet for drainQuiet. A writer that keeps it open is waited for up to
+// drainMax.
+//
+// Each pass decides whether it is the last before it measures the old file:
+// a writer that appends and closes in between is then inside the measured
+// size. Measured first, its line could land past the size the last pass
+// drains to, and be lost with the old inode. A last pass is confirmed
+// afterwards (still nobody writing, size unchanged); and no pass is the last
+// before drainSettle has passed since the rename, so that an open of the
+// path that resolved to the old inode just before the rename has completed
+// (and is seen) by then.
 func (d *drainer) run(ctx context.Context, afterFirst func() error) (drainResult, error) {
 	var dr drainResult
 	start := wallNow()
@@ -444,6 +456,11 @@ func (d *drainer) run(ctx context.Context, afterFirst func() error) (drainResult
 		if err := ctx.Err(); err != nil {
 			return dr, err
 		}
+		if err := fsx.CrashPoint("drain-pass"); err != nil {
+			dr.crashed = true
+			return dr, err
+		}
+		final, known := d.frozen()
 		fi, err := d.old.Stat()
 		if err != nil {
 			return dr, err
@@ -452,61 +469,15 @@ func (d *drainer) run(ctx context.Context, afterFirst func() error) (drainResult
 		if size != lastSize {
 			lastSize, lastChange = size, now
 		}
-		var final bool
-		switch present, known := fsx.OpenForWriting(d.old); {
-		case d.leased && fsx.LeaseWanted(d.newf):
-			final = true // a writer waits to open the new file
-		case known && !present:
-			final = true // frozen: this pass takes the rest
-		case known:
-			final = now.After(deadline) // a writer has it open: wait for it
-		default:
-			final = now.Sub(lastChange) >= drainQuiet || now.After(deadline)
+		settled := now.Sub(start) >= drainSettle
+		timeUp := now.After(deadline)
+		if known {
+			final = (final && settled) || timeUp
+		} else {
+			final = timeUp || now.Sub(lastChange) >= drainQuiet
 		}
-		// Each chunk is whole lines of the old file, [from, to): at least a
-		// block of them, or one line longer than that. The reader hands a
-		// long line out as a mapping it does not read; the chunk's bytes
-		// are copied from the old file by range when it is put.
-		lr := ndjson.NewReader(d.old, d.jr.Offset, size)
-		for d.jr.Offset < size {
-			from := d.jr.Offset
-			to, newline := from, false
-			var recs int64
-			for to-from < int64(ndjson.BlockSize) {
-				line, off, complete, err := lr.Next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					return dr, err
-				}
-				if !complete {
-					// An unterminated fragment is final only once the
-					// old file is quiet (or time is up).
-					if to == from && final {
-						to, newline = off+int64(len(line)), true
-					}
-					break
-				}
-				if ndjson.ClassifyLine(line).Record {
-					recs++
-				}
-				to = off + int64(len(line))
-			}
-			if to == from {
-				break
-			}
-			if err := d.put(from, to, newline); err != nil {
-				dr.crashed = errors.Is(err, fsx.ErrSimulatedCrash)
-				return dr, err
-			}
-			dr.records += recs
-			dr.bytes += to - from
-			dr.written += to - from
-			if newline {
-				dr.written++
-			}
-			dr.fragment = dr.fragment || newline
+		if err := d.pass(size, final, &dr); err != nil {
+			return dr, err
 		}
 		if afterFirst != nil {
 			if err := afterFirst(); err != nil {
@@ -516,15 +487,94 @@ func (d *drainer) run(ctx context.Context, afterFirst func() error) (drainResult
 			afterFirst = nil
 		}
 		if final && d.jr.Offset >= size {
-			return dr, nil
-		}
-		if final {
-			slog.Warn("the old file was still being written to when the drain ended",
-				"path", d.jr.Path, "old_file", d.jr.OldLink)
-			return dr, nil
+			if !known || d.stillFrozen(size) {
+				return dr, nil
+			}
+			if timeUp {
+				slog.Warn("a writer still had the old file open when the drain ended; what it writes from now on is lost",
+					"path", d.jr.Path, "old_file", d.jr.OldLink, "waited", drainMax)
+				return dr, nil
+			}
 		}
 		time.Sleep(pollInterval)
 	}
+}
+
+// frozen reports whether nothing can add to the old file any more (final),
+// and whether that could be told from the kernel (known): by a read lease on
+// the old file, or else by a writer waiting on the new file's lease (it has
+// finished with the old one: Papyra opens, writes and closes per record).
+func (d *drainer) frozen() (final, known bool) {
+	if present, ok := fsx.OpenForWriting(d.old); ok {
+		return !present, true
+	}
+	if d.leased && fsx.LeaseWanted(d.newf) {
+		return true, true
+	}
+	return false, false
+}
+
+// stillFrozen confirms a last pass that drained the old file up to size:
+// nothing has it open for writing and it is still size bytes long.
+func (d *drainer) stillFrozen(size int64) bool {
+	final, known := d.frozen()
+	if !final || !known {
+		return false
+	}
+	fi, err := d.old.Stat()
+	return err == nil && fi.Size() == size
+}
+
+// pass moves the old file's whole lines in [jr.Offset, size) into the new
+// file, chunk by chunk; on a final pass an unterminated last fragment goes
+// too, with a newline.
+func (d *drainer) pass(size int64, final bool, dr *drainResult) error {
+	// Each chunk is whole lines of the old file, [from, to): at least a
+	// block of them, or one line longer than that. The reader hands a long
+	// line out as a mapping it does not read; the chunk's bytes are copied
+	// from the old file by range when it is put.
+	lr := ndjson.NewReader(d.old, d.jr.Offset, size)
+	for d.jr.Offset < size {
+		from := d.jr.Offset
+		to, newline := from, false
+		var recs int64
+		for to-from < int64(ndjson.BlockSize) {
+			line, off, complete, err := lr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if !complete {
+				// An unterminated fragment is final only once the old
+				// file is quiet (or time is up).
+				if to == from && final {
+					to, newline = off+int64(len(line)), true
+				}
+				break
+			}
+			if ndjson.ClassifyLine(line).Record {
+				recs++
+			}
+			to = off + int64(len(line))
+		}
+		if to == from {
+			return nil
+		}
+		if err := d.put(from, to, newline); err != nil {
+			dr.crashed = errors.Is(err, fsx.ErrSimulatedCrash)
+			return err
+		}
+		dr.records += recs
+		dr.bytes += to - from
+		dr.written += to - from
+		if newline {
+			dr.written++
+		}
+		dr.fragment = dr.fragment || newline
+	}
+	return nil
 }
 
 // writeJournal replaces the journal without fsync: the drain must follow the
