@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -68,14 +69,15 @@ type rotRemove struct {
 }
 
 // Drain tuning: the drain after the swap polls the old active inode every
-// rotDrainPoll, and ends once it has been quiet for rotDrainQuiet (or the
-// writer waits on the lease), and in any case after rotDrainMax.
-// When no process has the old inode open for writing any more (checked with
-// a read lease) and rotDrainSettle has passed since the swap, the drain ends
-// at once.
+// rotDrainPoll. It ends once no process has the old inode open for writing
+// any more (checked with a read lease) and rotDrainSettle has passed since
+// the swap (an open of the path that resolved to the old inode just before
+// the swap has completed by then). Where that cannot be told, it ends when
+// the writer waits on the new file's lease, or once the old inode has been
+// quiet for rotDrainQuiet. In any case it ends after rotDrainMax.
 var (
 	rotDrainPoll   = 200 * time.Microsecond
-	rotDrainSettle = 2 * time.Millisecond
+	rotDrainSettle = 10 * time.Millisecond
 	rotDrainQuiet  = 30 * time.Millisecond
 	rotDrainMax    = 2 * time.Second
 )
@@ -316,19 +318,29 @@ func drainOld(ctx context.Context, old *os.File, from int64, newf *os.File, leas
 			res.partial = size - res.next
 			return res, nil
 		}
+		// Decided before the next look measures the old file, so that the
+		// last look takes whatever was written before the decision.
+		present, known := fsx.OpenForWriting(old)
+		timeUp := time.Since(start) >= rotDrainMax
 		switch {
+		case known && !present:
+			// Nobody writes to the old file, and nobody can open it by
+			// name any more: one more look takes the rest.
+			final = time.Since(start) >= rotDrainSettle
+		case known:
+			// A writer has it open (a stalled one, maybe): wait for it.
+			if final = timeUp; final {
+				slog.Warn("a writer still had the old active file open when the drain ended; what it writes from now on is lost",
+					"file", old.Name(), "waited", rotDrainMax)
+			}
 		case leased && fsx.LeaseWanted(newf):
 			// The writer is done with the old file: it waits to open the
 			// new one. One more look, for what it wrote just before.
 			final = true
-			continue
-		case time.Since(start) >= rotDrainSettle && fsx.NoWriters(old):
-			// Nobody writes to the old file and nobody can open it by
-			// name any more.
-			final = true
-			continue
-		case time.Since(lastChange) >= rotDrainQuiet, time.Since(start) >= rotDrainMax:
-			final = true
+		default:
+			final = timeUp || time.Since(lastChange) >= rotDrainQuiet
+		}
+		if final {
 			continue
 		}
 		time.Sleep(rotDrainPoll)

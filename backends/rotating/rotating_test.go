@@ -584,6 +584,61 @@ func TestRotatingAppendsDuringCompaction(t *testing.T) {
 	s.noStateLeft(t)
 }
 
+// TestRotatingDrainWaitsForStalledWriter: a writer that opened the active
+// file before the swap stalls for several times the quiet window, then
+// writes its record. The drain sees that the old active file is still open
+// for writing and waits for it instead of ending on quiet: the record is in
+// the new active file, once.
+func TestRotatingDrainWaitsForStalledWriter(t *testing.T) {
+	s := newRotSet(t, 400, 3)
+	var a, one string
+	for i := 0; i < 6; i++ {
+		one += rec(i, 1)
+	}
+	for i := 6; i < 10; i++ {
+		a += rec(i, 1)
+	}
+	s.write(t, map[int]string{0: a, 1: one})
+	w, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	active := "install:" + filepath.Base(s.path)
+	restore := fsx.SetCrashHook(func(point string) error {
+		if point == active {
+			go func() {
+				time.Sleep(4 * rotDrainQuiet) // far past the quiet window
+				_, err := w.WriteString(rec(10, 1))
+				if cerr := w.Close(); err == nil {
+					err = cerr
+				}
+				wrote <- err
+			}()
+		}
+		return nil
+	})
+	defer restore()
+	n := int64(5)
+	rep, err := s.backend(t).Compact(context.Background(), backends.CompactOptions{
+		Retention: backends.Retention{MaxRecords: &n},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	var want string
+	for i := 5; i < 11; i++ {
+		want += rec(i, 1)
+	}
+	if got := s.content(t); got != want {
+		t.Errorf("the stalled writer's record is lost or twice (report %+v)\n got %q\nwant %q", rep, got, want)
+	}
+	s.noStateLeft(t)
+}
+
 func TestRotatingConcurrentRotation(t *testing.T) {
 	old := rotRetries
 	rotRetries = 0
