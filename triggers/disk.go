@@ -86,7 +86,9 @@ type FSPressure struct {
 // estimate when it is of the target as it is now; otherwise diskEstimate:
 // the target's size times the fraction its last successful compaction
 // reclaimed, its size when it has none, and at least what it grew since its
-// last compaction); its survivors are its size less that. The order:
+// last compaction, or what the retention trigger's estimate found before
+// the target grew, whichever is more); its survivors are its size less
+// that. The order:
 //
 //  1. Targets that will compact in place (method auto on a filesystem that
 //     can collapse a range: ext4, XFS), most reclaimable first: they need
@@ -575,13 +577,24 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 		dt.reclaimable = diskEstimate(size, dt)
 		dt.inPlace = m.collapse && dt.t.Method != backends.MethodCopy
 		nothing := false
-		if e, ok := ests[dt.t.Name]; ok && e.Bytes == size {
-			// The retention estimate, made of the target as it is now
-			// (an estimate of a smaller or larger target is stale: the
-			// retention trigger refreshes it only every interval): what a
-			// compaction would remove now.
-			dt.reclaimable = e.ReclaimableBytes
-			nothing = e.ReclaimableBytes <= max(e.Bytes/1000, 0) // about nothing to reclaim
+		if e, ok := ests[dt.t.Name]; ok {
+			switch {
+			case e.Bytes == size:
+				// The retention estimate, made of the target as it is
+				// now: what a compaction would remove now.
+				dt.reclaimable = e.ReclaimableBytes
+				nothing = e.ReclaimableBytes <= max(e.Bytes/1000, 0) // about nothing to reclaim
+			case e.Bytes < size:
+				// Made before the target grew (the retention trigger
+				// refreshes every interval): what it found reclaimable
+				// still is (records do not get younger, and appends only
+				// push more past count and size limits), and what was
+				// appended since is unknown. A lower bound, never a
+				// reason to skip the target.
+				dt.reclaimable = max(dt.reclaimable, e.ReclaimableBytes)
+			}
+			// An estimate of a larger target is of a file since
+			// compacted or replaced: stale.
 		}
 		dt.survivors = max(size-dt.reclaimable, 0)
 		if !nothing && !dt.exhausted && size > 0 {
@@ -654,8 +667,9 @@ func (d *Disk) evaluate(f *diskFS, now time.Time, m *diskMeasure) (policy.Signal
 // SetEstimates sets the source of reclaimable estimates (the retention
 // trigger's): targets under pressure are then ordered by what their
 // retention would remove now, and a target with about nothing reclaimable
-// (at most 0.1% of its size) is not compacted for pressure. Targets without
-// an estimate keep the estimate from their last compaction.
+// (at most 0.1% of its size) is not compacted for pressure. A target that
+// grew since its estimate counts at least what the estimate found; targets
+// without an estimate keep the estimate from their last compaction.
 func (d *Disk) SetEstimates(fn func() map[string]backends.Estimate) {
 	d.mu.Lock()
 	d.estimates = fn

@@ -214,3 +214,44 @@ func TestDiskCopiesWaitForRoom(t *testing.T) {
 		}
 	})
 }
+
+// TestDiskOrderGrownTargetKeepsItsEstimate: a target that grew since the
+// retention trigger's last estimate counts at least what that estimate
+// found reclaimable (records do not get younger; appends only push more
+// past count and size limits), instead of falling back to its last
+// compaction's ratio; an estimate of a larger target (since compacted or
+// replaced) is ignored.
+func TestDiskOrderGrownTargetKeepsItsEstimate(t *testing.T) {
+	dir := t.TempDir()
+	s := diskSettings(0)
+	targets := []Target{
+		diskSizedTarget(t, dir, "grown_estimated", 10000, backends.MethodCopy, s),
+		diskSizedTarget(t, dir, "grown_unknown", 10000, backends.MethodCopy, s),
+		diskSizedTarget(t, dir, "small", 5000, backends.MethodCopy, s),
+		diskSizedTarget(t, dir, "shrunk", 9000, backends.MethodCopy, s),
+	}
+	ests := &diskEstimates{}
+	ests.set("grown_estimated", 9500, 8000) // before the last 500 bytes: 8000 reclaimable
+	ests.set("shrunk", 20000, 19000)        // of a larger file: stale
+	synctest.Test(t, func(t *testing.T) {
+		fake := &diskFake{percent: 50}
+		d := NewDisk(targets, timerTestLogger(), fake.options())
+		d.SetEstimates(ests.get)
+		// Each compacted before, reclaiming 10 %, and grew since.
+		for name, before := range map[string]int64{"grown_estimated": 10000, "grown_unknown": 10000, "small": 5000, "shrunk": 9500} {
+			d.Observe(backends.Report{Target: name, BeforeBytes: backends.Int64(before),
+				ReclaimedBytes: backends.Int64(before / 10), AfterBytes: backends.Int64(before - before/10)})
+		}
+		rec, stop := diskRun(t, d)
+		defer stop()
+		fake.set(90)
+		got := diskStep(rec)
+		// Survivors: grown_estimated 2000 (its estimate), small 4500,
+		// shrunk 8100 (its ratio: the estimate is stale), grown_unknown
+		// 9000 (its ratio).
+		want := []string{"grown_estimated", "small", "shrunk", "grown_unknown"}
+		if len(got) != 1 || !slices.Equal(got[0].Targets, want) {
+			t.Fatalf("got %+v, want targets %v", got, want)
+		}
+	})
+}
