@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -33,7 +34,7 @@ const maxStatusBody = 32 << 20
 // or the JSON document itself with --json. Exit 0 on an answer, 1 when the
 // daemon cannot be reached or does not answer 200, 2 on bad usage.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("status", "watcher status [--addr HOST:PORT] [--json] [--timeout D]",
+	fs := newFlagSet("status", "watcher status [--addr HOST:PORT | --nats URL [--prefix P]] [--json] [--timeout D]",
 		`Asks a running daemon for GET /status and prints one row per target (the
 JSON document with --json). Exit 0 on an answer, 1 when the daemon cannot be
 reached or does not answer 200, 2 on bad usage.`, stderr)
@@ -46,19 +47,27 @@ reached or does not answer 200, 2 on bad usage.`, stderr)
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
-	if *natsURL != "" {
-		if fs.NArg() > 0 || *timeout <= 0 {
-			fmt.Fprintln(stderr, "watcher status: unexpected argument or non-positive --timeout")
-			return exitBadConfig
-		}
-		return runFleetStatus(ctx, natsCfg(*natsURL, *prefix), *asJSON, *timeout, stdout, stderr)
-	}
 	if fs.NArg() > 0 {
 		return strayArgument(fs, fs.Arg(0), stderr)
 	}
 	if *timeout <= 0 {
 		fmt.Fprintf(stderr, "watcher status: --timeout must be positive, got %s\n", *timeout)
 		return exitBadConfig
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *natsURL != "" {
+		if set["addr"] {
+			fmt.Fprintln(stderr, "watcher status: --addr asks one daemon over HTTP, --nats the whole fleet over NATS: give one of them")
+			return exitBadConfig
+		}
+		return runFleetStatus(ctx, natsCfg(*natsURL, *prefix), *asJSON, *timeout, stdout, stderr)
+	}
+	for _, name := range natsOnlyStatusFlags {
+		if set[name] {
+			fmt.Fprintf(stderr, "watcher status: --%s is for asking the fleet: it needs --nats URL\n", name)
+			return exitBadConfig
+		}
 	}
 	u, err := statusURL(*addr)
 	if err != nil {
@@ -484,3 +493,7 @@ func statusRoughDuration(d time.Duration) string {
 	}
 	return fmt.Sprintf("%dd%dh", days, h)
 }
+
+// natsOnlyStatusFlags are the flags of `watcher status` that only asking
+// the fleet (--nats) uses.
+var natsOnlyStatusFlags = []string{"prefix", "token", "user", "password", "creds", "nkey", "tls-ca", "tls-cert", "tls-key"}

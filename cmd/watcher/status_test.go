@@ -324,3 +324,26 @@ func TestStatusCommandErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusFlagsThatDoNotGoTogether: --addr (one daemon over HTTP) and
+// --nats (the fleet over NATS) are refused together, and the NATS-only
+// flags without --nats, each with exit 2 and a line naming the flag, before
+// anything is asked.
+func TestStatusFlagsThatDoNotGoTogether(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nats", "nats://127.0.0.1:1", "--addr", "127.0.0.1:1"}, "give one of them"},
+		{[]string{"--prefix", "papyra.x"}, "--prefix is for asking the fleet: it needs --nats URL"},
+		{[]string{"--addr", "127.0.0.1:1", "--creds", "/nonexistent"}, "--creds is for asking the fleet"},
+		{[]string{"--timeout", "0s"}, "--timeout must be positive"},
+		{[]string{"--nats", "nats://127.0.0.1:1", "extra"}, `"extra"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := runStatus(context.Background(), c.args, &stdout, &stderr)
+		if code != exitBadConfig || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("status %q: exit %d, stderr %q; want exit %d and %q", c.args, code, stderr.String(), exitBadConfig, c.want)
+		}
+	}
+}
