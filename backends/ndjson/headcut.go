@@ -26,8 +26,9 @@ var ErrTornHead = errors.New("the first kept line cannot be found at the head of
 // blocks cover, [0, Collapse), is cut out of the file with fsx.Collapse:
 // the kept lines move to the front without being copied, and the file
 // shrinks. The rest of the dropped bytes, [Collapse, Cut) (less than one
-// block plus MinFiller), becomes one filler line (Filler): Papyra's reader
-// skips it and its scan accepts it.
+// block plus MinFiller, or a block more for each time the block boundary
+// fell inside a multibyte character), becomes one filler line (Filler):
+// Papyra's reader skips it and its scan accepts it.
 //
 // A HeadCut is JSON so that a backend can journal it before Apply; after a
 // crash, Repair finishes it.
@@ -39,6 +40,10 @@ type HeadCut struct {
 	Size     int64  `json:"size"`     // the file's size when planned
 	Mark     []byte `json:"mark"`     // the first kept bytes (at most 64)
 }
+
+// utf8Continuation reports whether b can only continue a UTF-8 character
+// (10xxxxxx), never start one.
+func utf8Continuation(b byte) bool { return b&0xC0 == 0x80 }
 
 // Filler returns the length of the filler line Apply writes.
 func (h HeadCut) Filler() int64 { return h.Cut - h.Collapse }
@@ -74,6 +79,21 @@ func PlanHeadCut(f *os.File, cut int64) (HeadCut, error) {
 		h.Collapse -= block
 	}
 	h.Collapse = max(h.Collapse, 0)
+	// Between the collapse and the filler write the file starts with the
+	// byte at Collapse. Papyra reads its files as strict UTF-8: a head
+	// that starts inside a multibyte character would make it fail on the
+	// whole file until the filler is written, where a head that starts on
+	// a character is one unreadable line it skips.
+	for h.Collapse > 0 {
+		var b [1]byte
+		if _, err := f.ReadAt(b[:], h.Collapse); err != nil {
+			return h, err
+		}
+		if !utf8Continuation(b[0]) {
+			break
+		}
+		h.Collapse -= block
+	}
 	mark := make([]byte, min(markLen, size-cut))
 	if _, err := f.ReadAt(mark, cut); err != nil && err != io.EOF {
 		return h, err
@@ -124,12 +144,20 @@ const (
 )
 
 // Repair finishes an interrupted Apply on f (the file now at the path),
-// with the same precondition as Apply. It never collapses: it looks for the
-// first kept bytes (Mark) where the collapse put them, and overwrites
-// whatever precedes them (a torn line, dropped records, zeros) with a
-// filler line. When they are still at Cut, the collapse did not happen and
-// nothing is changed. When they are found nowhere near the head, it returns
-// ErrTornHead and changes nothing.
+// with the same precondition as Apply. It looks for the first kept bytes
+// (Mark) where the collapse put them, and overwrites whatever precedes them
+// (a torn line, dropped records, zeros) with a filler line. When they are
+// still at Cut, the collapse did not happen and nothing is changed.
+//
+// A SIGKILL cannot interrupt the collapse itself, but a power loss can: on
+// ext4 and XFS a large collapse is several journal transactions, the head
+// punched out first, then the kept extents shifted down one after another,
+// the size updated last. Repair finishes such a collapse: a head that is a
+// hole while the mark is still at Cut is collapsed again (nothing was
+// shifted yet), and a hole of Collapse bytes among the kept lines (the
+// extents before it were shifted, those after it not yet) is collapsed out.
+// When the mark is found nowhere near the head, it returns ErrTornHead and
+// changes nothing.
 func (h HeadCut) Repair(f *os.File) (HeadState, error) {
 	fi, err := f.Stat()
 	if err != nil {
@@ -151,6 +179,9 @@ func (h HeadCut) Repair(f *os.File) (HeadState, error) {
 	}
 	rem := h.Filler()
 	fill := func(p int64) (HeadState, error) {
+		if err := h.closeShiftHole(f, p); err != nil {
+			return 0, err
+		}
 		var cur []byte
 		if p <= 1<<20 {
 			cur = make([]byte, p)
@@ -174,7 +205,15 @@ func (h HeadCut) Repair(f *os.File) (HeadState, error) {
 	case at(rem):
 		return fill(rem)
 	case at(h.Cut) && size >= h.Size:
-		return HeadUntouched, nil
+		if start, end, ok := fsx.NextHole(f, 0); !ok || start != 0 || end < h.Collapse {
+			return HeadUntouched, nil
+		}
+		// The head was punched out, and the power went before anything
+		// was shifted down: collapse it again.
+		if err := h.Apply(f); err != nil {
+			return 0, err
+		}
+		return HeadRepaired, nil
 	}
 	// A torn collapse: look for the mark in the first block or so.
 	window := make([]byte, min(size, rem+h.Cut-h.Collapse+int64(len(h.Mark))+(64<<10)))
@@ -197,4 +236,32 @@ func (h HeadCut) Repair(f *os.File) (HeadState, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s: %w (looked for %q near offset %d); the file is left as it is", f.Name(), ErrTornHead, h.Mark, rem)
+}
+
+// closeShiftHole collapses out of f the hole a collapse cut short by a power
+// loss leaves among the kept lines, which start at p: the kept extents
+// before it were shifted down, those after it were not. It is recognised by
+// its place and size (a hole at a block boundary, Collapse bytes or more,
+// before the end); Papyra's appends never leave a hole. Nothing else is
+// touched.
+func (h HeadCut) closeShiftHole(f *os.File, p int64) error {
+	if h.Collapse == 0 {
+		return nil
+	}
+	start, end, ok := fsx.NextHole(f, p)
+	if !ok || end-start < h.Collapse {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	block, err := fsx.CollapseBlock(f)
+	if err != nil || start%block != 0 || end >= fi.Size() {
+		return nil
+	}
+	if err := fsx.CollapseAt(f, start, h.Collapse); err != nil {
+		return fmt.Errorf("close the hole an interrupted collapse left at %d of %s: %w", start, f.Name(), err)
+	}
+	return f.Sync()
 }

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/papyra/watcher/backends"
 	"github.com/papyra/watcher/backends/fsx"
 	"github.com/papyra/watcher/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // headCutFile writes n numbered record lines to dir/f.ndjson and returns
@@ -237,4 +240,142 @@ func TestEstimateWhileLeased(t *testing.T) {
 	if !errors.Is(err, backends.ErrBusy) {
 		t.Fatalf("estimate of a leased file: %v, want ErrBusy", err)
 	}
+}
+
+// TestHeadCutPowerLossStates: a power loss can cut a large collapse short
+// (ext4 and XFS commit it in several transactions: the head punched out,
+// then the kept extents shifted down one by one, the size last). Repair
+// finishes both states such a collapse can leave on ext4: the head punched
+// and nothing shifted; some kept extents shifted and a hole of Collapse
+// bytes before the others. Either way the file ends as Apply would have
+// left it: one filler line, then exactly the kept lines, Collapse bytes
+// shorter. Without the repair, the second state kept a run of zeros inside
+// a kept record (which the next compaction dropped with its record).
+func TestHeadCutPowerLossStates(t *testing.T) {
+	mnt := testutil.MountExt4(t, 64)
+	for _, shifted := range []int64{0, 2, 5} { // kept blocks shifted before the power went
+		t.Run(fmt.Sprintf("shifted_%d_blocks", shifted), func(t *testing.T) {
+			dir, err := os.MkdirTemp(mnt, "pl")
+			if err != nil {
+				t.Fatal(err)
+			}
+			path, data, starts := headCutFile(t, dir, 10000)
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			cut := starts[3000]
+			h, err := PlanHeadCut(f, cut)
+			if err != nil {
+				t.Fatal(err)
+			}
+			block, _ := fsx.CollapseBlock(f)
+			c := h.Collapse
+			if c < 2*block {
+				t.Fatalf("plan %+v: want a collapse of several blocks", h)
+			}
+			// The state the power loss left, built on the same inode:
+			// the head a hole; the first shifted*block kept bytes moved
+			// down by c; a hole of c bytes; the rest where it was.
+			m := shifted * block
+			if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, int64(len(data))); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt(data[c:c+m], 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt(data[c+m:], c+m); err != nil {
+				t.Fatal(err)
+			}
+			if fi, _ := f.Stat(); fi.Size() != int64(len(data)) {
+				t.Fatalf("size %d, want %d unchanged", fi.Size(), len(data))
+			}
+			state, err := h.Repair(f)
+			if err != nil || state != HeadRepaired {
+				t.Fatalf("Repair: %v, %v; want HeadRepaired", state, err)
+			}
+			wantHead(t, path, data[cut:])
+			if fi, _ := f.Stat(); fi.Size() != int64(len(data))-c {
+				t.Fatalf("size %d after the repair, want %d", fi.Size(), int64(len(data))-c)
+			}
+			got, _ := os.ReadFile(path)
+			if bytes.IndexByte(got, 0) >= 0 {
+				t.Fatal("a zero byte is left in the file")
+			}
+			// Repair again (a crash during the repair): nothing changes.
+			if state, err := h.Repair(f); err != nil || state != HeadRepaired {
+				t.Fatalf("second Repair: %v, %v", state, err)
+			}
+			if again, _ := os.ReadFile(path); !bytes.Equal(again, got) {
+				t.Fatal("a second Repair changed the file")
+			}
+		})
+	}
+}
+
+// TestHeadCutNeverStartsInsideACharacter: between the collapse and the
+// filler write, the file starts with the byte at Collapse. When a block
+// boundary falls inside a multibyte UTF-8 character, the plan collapses a
+// block less, so that the head then starts on a character (Papyra reads
+// strict UTF-8: a head starting inside a character fails its whole read).
+func TestHeadCutNeverStartsInsideACharacter(t *testing.T) {
+	mnt := testutil.MountExt4(t, 64)
+	f0, err := os.CreateTemp(mnt, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := fsx.CollapseBlock(f0)
+	f0.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ASCII lines up to shortly before 3 blocks, then one line whose run
+	// of "é" (2 bytes each) straddles the boundary at 3*block with the
+	// boundary on the second byte of one; the cut is after that line.
+	var buf bytes.Buffer
+	for int64(buf.Len()) < 3*block-400 {
+		fmt.Fprintf(&buf, `{"kind":"event","timestamp":1795599000.0,"p":"%s"}`+"\n", strings.Repeat("x", 80))
+	}
+	const prefix = `{"kind":"event","timestamp":1795599000.0,"p":"`
+	pad := 1
+	if (3*block-int64(buf.Len()+len(`{"q":"x"}`+"\n")+len(prefix)))%2 == 0 {
+		pad = 2
+	}
+	fmt.Fprintf(&buf, `{"q":"%s"}`+"\n", strings.Repeat("x", pad))
+	buf.WriteString(prefix + strings.Repeat("é", 300) + `"}` + "\n")
+	cut := int64(buf.Len())
+	for range 200 {
+		fmt.Fprintf(&buf, `{"kind":"event","timestamp":1795599001.0,"p":"%s"}`+"\n", strings.Repeat("é", 10))
+	}
+	data := buf.Bytes()
+	if !utf8Continuation(data[3*block]) {
+		t.Fatalf("the test file does not put a continuation byte at %d: %q", 3*block, data[3*block-2:3*block+2])
+	}
+	path := filepath.Join(mnt, "utf8.ndjson")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := PlanHeadCut(f, cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Collapse%block != 0 || utf8Continuation(data[h.Collapse]) || h.Collapse > cut-MinFiller {
+		t.Fatalf("plan %+v: the head after the collapse would start with %#x", h, data[h.Collapse])
+	}
+	if h.Collapse != 2*block {
+		t.Fatalf("collapse %d, want %d: one block less than the boundary inside a character", h.Collapse, 2*block)
+	}
+	if !utf8.Valid(data[h.Collapse:]) {
+		t.Fatal("the head after the collapse is not valid UTF-8")
+	}
+	if err := h.Apply(f); err != nil {
+		t.Fatal(err)
+	}
+	wantHead(t, path, data[cut:])
 }
