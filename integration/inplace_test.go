@@ -8,6 +8,7 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -213,6 +214,87 @@ func TestInPlaceFullDisk(t *testing.T) {
 		}
 		wantNoLeftovers(t, mnt, filepath.Join(dir, "state"))
 	})
+}
+
+// TestInPlaceFullDiskRotating: the same full 64 MB ext4 for a rotating
+// set of 45 MB: `watcher compact` (the default method) unlinks the two
+// oldest segments, cuts the head of the next in place, exits 0, and the set
+// read oldest first is one filler line and exactly the newest records; the
+// space comes back.
+func TestInPlaceFullDiskRotating(t *testing.T) {
+	const n, keep, pad = 100_000, 40_000, 300
+	data := genRecords(0, n, 1795599000, pad)
+	lines := splitLines(data)
+	want := bytes.Join(lines[n-keep:], nil)
+
+	mnt := testutil.MountExt4(t, 64)
+	dir := t.TempDir()
+	active := filepath.Join(mnt, "audit.log")
+	// Four files of 25,000 records, oldest .3; the newest 40,000 are kept:
+	// .3 and .2 go whole, .1 loses its first 10,000.
+	for i := range 4 {
+		p := active
+		if i < 3 {
+			p = fmt.Sprintf("%s.%d", active, 3-i)
+		}
+		writeFile(t, p, bytes.Join(lines[i*25_000:(i+1)*25_000], nil))
+	}
+	testutil.FillDisk(t, mnt, 512<<10)
+	before := testutil.Available(t, mnt)
+	if before > 512<<10 {
+		t.Fatalf("the filesystem is not full: %d bytes available", before)
+	}
+	cfg := writeConfig(t, dir, baseConfig+fmt.Sprintf(`
+[[target]]
+name = "audit"
+backend = "rotating"
+path = %q
+max_bytes = %d
+max_files = 5
+[target.retention]
+max_records = %d
+`, active, 16<<20, keep))
+
+	r := runWatcher(t, 2*time.Minute, "compact", "--config", cfg, "--json")
+	wantCode(t, r, 0, "compact a rotating set in place on a full filesystem")
+	reps := parseReports(t, r.Stdout)
+	mreps := parseMethodReports(t, r.Stdout)
+	if len(reps) != 1 || reps[0].Error != "" || mreps[0].Method != "in_place" {
+		t.Fatalf("want one successful in_place report, got %s", r.Stdout)
+	}
+	if reps[0].BeforeRecords != n || reps[0].AfterRecords != keep {
+		t.Errorf("report counts %d → %d records, want %d → %d", reps[0].BeforeRecords, reps[0].AfterRecords, n, keep)
+	}
+	// The set, oldest first.
+	var got []byte
+	for i := 4; i >= 0; i-- {
+		p := active
+		if i > 0 {
+			p = fmt.Sprintf("%s.%d", active, i)
+		}
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			b, _ = stripFiller(b)
+		}
+		got = append(got, b...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the set read oldest first is not one filler line and the newest %d records: %s", keep, firstDifference(got, want))
+	}
+	if _, err := os.Stat(active + ".3"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s.3 still exists: the numbering must stay contiguous (%v)", active, err)
+	}
+	after := testutil.Available(t, mnt)
+	if dropped := int64(len(data) - len(want)); after-before < dropped-(1<<20) {
+		t.Errorf("free space grew by %d bytes; %d were dropped", after-before, dropped)
+	}
+	wantNoLeftovers(t, mnt, filepath.Join(dir, "state"))
 }
 
 // firstDifference describes where got and want first differ.
