@@ -6,9 +6,11 @@
 package layout_test
 
 import (
+	"bytes"
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -142,6 +144,60 @@ func TestLayoutPackagesSayWhatTheyAreFor(t *testing.T) {
 		}
 		if !documented && pkg != "cmd/watcher" {
 			t.Errorf("package %s has no doc comment starting \"Package <name> \"", pkg)
+		}
+	}
+}
+
+// goldenCopies are the copies of Papyra's golden cases (each package's
+// tests read their own testdata) and the copy the others must equal.
+var goldenCopies = map[string]string{
+	"backends/jsonfile/testdata/json":     "integration/testdata/papyra/json",
+	"backends/rotating/testdata/rotating": "integration/testdata/papyra/rotating",
+}
+
+// TestLayoutGoldenCasesInSync: the golden cases copied into the backends'
+// testdata are the integration tests' cases, file for file and byte for
+// byte, so that a case updated in one place cannot silently diverge.
+func TestLayoutGoldenCasesInSync(t *testing.T) {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cp, ref := range goldenCopies {
+		files := func(dir string) map[string][]byte {
+			m := map[string][]byte{}
+			err := filepath.WalkDir(filepath.Join(root, dir), func(p string, d fs.DirEntry, err error) error {
+				if err != nil || d.IsDir() {
+					return err
+				}
+				b, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				rel, _ := filepath.Rel(filepath.Join(root, dir), p)
+				m[rel] = b
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+		a, b := files(cp), files(ref)
+		if len(b) == 0 {
+			t.Fatalf("%s holds no golden case", ref)
+		}
+		for name, data := range b {
+			if got, ok := a[name]; !ok {
+				t.Errorf("%s/%s is missing (it is in %s)", cp, name, ref)
+			} else if !bytes.Equal(got, data) {
+				t.Errorf("%s/%s differs from %s/%s", cp, name, ref, name)
+			}
+		}
+		for name := range a {
+			if _, ok := b[name]; !ok {
+				t.Errorf("%s/%s is not in %s", cp, name, ref)
+			}
 		}
 	}
 }
