@@ -8,8 +8,8 @@ package integration
 
 import (
 	"bytes"
-	"errors"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/papyra/watcher/backends/ndjson"
 	"github.com/papyra/watcher/internal/testutil"
@@ -54,8 +55,13 @@ func stripFiller(data []byte) ([]byte, int) {
 
 // papyraScanErrors lists what Papyra's scan() would report in data: an
 // unterminated last line (TRUNCATED_LINE), a line json.loads rejects,
-// blank lines included (CORRUPTED_LINE). The filler line passes.
+// blank lines included (CORRUPTED_LINE). The filler line passes. Papyra
+// opens its files as strict UTF-8: bytes that are not UTF-8 anywhere make
+// the whole scan fail.
 func papyraScanErrors(data []byte) []string {
+	if !utf8.Valid(data) {
+		return []string{"UnicodeDecodeError: the file is not valid UTF-8"}
+	}
 	var out []string
 	for i, line := range splitLines(data) {
 		switch {
@@ -73,8 +79,12 @@ func papyraScanErrors(data []byte) []string {
 
 // papyraRecords returns the lines Papyra's reader returns from data: each
 // line stripped, blank ones and those that are not a JSON object skipped.
-// The lines are returned as stored (newline included).
+// The lines are returned as stored (newline included). A file that is not
+// valid UTF-8 gives nothing: Papyra's read fails on the whole file.
 func papyraRecords(data []byte) [][]byte {
+	if !utf8.Valid(data) {
+		return nil
+	}
 	var out [][]byte
 	for _, line := range splitLines(data) {
 		s := bytes.TrimSpace(line)

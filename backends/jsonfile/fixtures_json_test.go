@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/papyra/watcher/backends"
 )
@@ -131,9 +132,14 @@ func TestJSONFixtures(t *testing.T) {
 
 // papyraScan fails the test where Papyra's scan() would report a line:
 // one that is not JSON (a blank line included), or an unterminated last
-// line.
+// line; and the whole file when it is not valid UTF-8 (Papyra reads strict
+// UTF-8).
 func papyraScan(t testing.TB, b []byte) {
 	t.Helper()
+	if !utf8.Valid(b) {
+		t.Errorf("UnicodeDecodeError: the file is not valid UTF-8")
+		return
+	}
 	for i, line := range bytes.SplitAfter(b, []byte("\n")) {
 		if len(line) == 0 {
 			continue
