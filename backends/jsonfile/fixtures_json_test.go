@@ -97,7 +97,9 @@ func TestJSONFixtures(t *testing.T) {
 					body := got
 					if rep.Method == backends.MethodInPlace {
 						body = stripFiller(t, got)
-						papyraScan(t, got)
+						// A line still being written (kept unterminated)
+						// is reported by Papyra's scan before and after.
+						papyraScan(t, got[:bytes.LastIndexByte(got, '\n')+1])
 						got = body
 					}
 					if !bytes.Equal(body, want) {

@@ -111,9 +111,6 @@ func (c *compaction) inPlace(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if h.Collapse == 0 {
-		return false, nil // less than a block to drop: in place would only overwrite it
-	}
 	if c.opts.DryRun {
 		rep.Method = backends.MethodInPlace
 		rep.AfterBytes = backends.Int64(size - h.Collapse)

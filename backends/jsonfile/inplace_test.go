@@ -459,3 +459,47 @@ func TestJSONEstimatorSharesIndex(t *testing.T) {
 		t.Fatal("the refresh after the cut rebuilt the index")
 	}
 }
+
+// TestJSONInPlaceSmallDrop: with less than a block to drop, method auto
+// overwrites the dropped lines with one filler line instead of rewriting
+// the whole file (which would cost what the file keeps): the same inode and
+// size, the newest records after the filler; the next compaction, whose cut
+// passes a block boundary, collapses the filler away with the lines after
+// it.
+func TestJSONInPlaceSmallDrop(t *testing.T) {
+	dir := inPlaceDir(t)
+	b, path := newTestJSONMethod(t, dir, backends.MethodAuto)
+	all := recordLines(0, 20000, 1795599000)
+	if err := os.WriteFile(path, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.Stat(path)
+	compact := func(keep int64) backends.Report {
+		t.Helper()
+		rep, err := b.Compact(context.Background(), backends.CompactOptions{Retention: backends.Retention{MaxRecords: backends.Int64(keep)}, Now: unixTime(1795700000)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkReportInvariants(t, rep)
+		got, _ := os.ReadFile(path)
+		if body := stripFiller(t, got); !bytes.Equal(body, newestLines(all, int(keep))) {
+			t.Fatalf("keep %d: the file is not the newest lines\n%s", keep, firstDiff(body, newestLines(all, int(keep))))
+		}
+		papyraScan(t, got)
+		if fi, _ := os.Stat(path); !fsx.SameInode(fi, before) {
+			t.Fatalf("keep %d: the inode changed (method %s, notes %v)", keep, rep.Method, rep.Notes)
+		}
+		return rep
+	}
+	// Three records (a few hundred bytes) go.
+	rep := compact(19997)
+	if rep.Method != backends.MethodInPlace || rep.RemovedRecords != 3 || *rep.AfterBytes != *rep.BeforeBytes {
+		t.Fatalf("small drop: method %q, removed %d, bytes %d → %d; want in_place, 3, unchanged (notes %v)",
+			rep.Method, rep.RemovedRecords, *rep.BeforeBytes, *rep.AfterBytes, rep.Notes)
+	}
+	// Many more go: the filler and the lines after it are collapsed away.
+	rep = compact(15000)
+	if rep.Method != backends.MethodInPlace || *rep.AfterBytes >= *rep.BeforeBytes {
+		t.Fatalf("large drop after a small one: method %q, bytes %d → %d", rep.Method, *rep.BeforeBytes, *rep.AfterBytes)
+	}
+}
