@@ -5,7 +5,7 @@
 // writes, renames and removals (fsync of the file and of the directory);
 // state-directory journals (StateName, Dir.WriteJSON, Dir.ReadJSON) and
 // locks (Dir.TryLock); write leases that tell when a writer still holds a
-// file open (TakeLease, TakeLeaseRetry, LeaseWanted, NoWriters,
+// file open (TakeLease, TakeLeaseRetry, LeaseWanted, WritersGone,
 // OpenForWriting); removing a file's head in place (Collapse, CollapseBlock:
 // fallocate's FALLOC_FL_COLLAPSE_RANGE); refusing a file with more than one
 // link (RefuseLinked); and inode identity (InodeOf, SameInode).

@@ -26,11 +26,22 @@ func LeaseWanted(f *os.File) bool {
 	return err == nil && v == unix.F_UNLCK
 }
 
-// NoWriters reports whether no process has f's file open for writing. It
-// reports false where leases are not available.
-func NoWriters(f *os.File) bool {
-	present, known := OpenForWriting(f)
-	return known && !present
+// WritersGone reports whether no writer can add to old any more (done),
+// and whether that could be told at all (known). old is a file nobody can
+// open by name any more (it was renamed over); newf, when leased, is the
+// file that took its name, under this process's write lease. Known from
+// the kernel: nobody has old open for writing (a read lease can be taken
+// on it). Where that cannot be told (NFS; no CAP_LEASE and not the owner):
+// a writer waits on newf's lease, so it is done with old (Papyra opens,
+// writes and closes per record). Otherwise nothing is known.
+func WritersGone(old, newf *os.File, leased bool) (done, known bool) {
+	if present, ok := OpenForWriting(old); ok {
+		return !present, true
+	}
+	if leased && LeaseWanted(newf) {
+		return true, true
+	}
+	return false, false
 }
 
 // OpenForWriting reports whether some process has f's file open for

@@ -460,7 +460,7 @@ func (d *drainer) run(ctx context.Context, afterFirst func() error) (drainResult
 			dr.crashed = true
 			return dr, err
 		}
-		final, known := d.frozen()
+		final, known := fsx.WritersGone(d.old, d.newf, d.leased)
 		fi, err := d.old.Stat()
 		if err != nil {
 			return dr, err
@@ -500,24 +500,10 @@ func (d *drainer) run(ctx context.Context, afterFirst func() error) (drainResult
 	}
 }
 
-// frozen reports whether nothing can add to the old file any more (final),
-// and whether that could be told from the kernel (known): by a read lease on
-// the old file, or else by a writer waiting on the new file's lease (it has
-// finished with the old one: Papyra opens, writes and closes per record).
-func (d *drainer) frozen() (final, known bool) {
-	if present, ok := fsx.OpenForWriting(d.old); ok {
-		return !present, true
-	}
-	if d.leased && fsx.LeaseWanted(d.newf) {
-		return true, true
-	}
-	return false, false
-}
-
 // stillFrozen confirms a last pass that drained the old file up to size:
 // nothing has it open for writing and it is still size bytes long.
 func (d *drainer) stillFrozen(size int64) bool {
-	final, known := d.frozen()
+	final, known := fsx.WritersGone(d.old, d.newf, d.leased)
 	if !final || !known {
 		return false
 	}

@@ -69,12 +69,11 @@ type rotRemove struct {
 }
 
 // Drain tuning: the drain after the swap polls the old active inode every
-// rotDrainPoll. It ends once no process has the old inode open for writing
-// any more (checked with a read lease) and rotDrainSettle has passed since
-// the swap (an open of the path that resolved to the old inode just before
-// the swap has completed by then). Where that cannot be told, it ends when
-// the writer waits on the new file's lease, or once the old inode has been
-// quiet for rotDrainQuiet. In any case it ends after rotDrainMax.
+// rotDrainPoll. It ends once nothing can write to the old inode any more
+// (fsx.WritersGone) and rotDrainSettle has passed since the swap (an open
+// of the path that resolved to the old inode just before the swap has
+// completed by then); where that cannot be told, once the old inode has
+// been quiet for rotDrainQuiet. In any case it ends after rotDrainMax.
 var (
 	rotDrainPoll   = 200 * time.Microsecond
 	rotDrainSettle = 10 * time.Millisecond
@@ -320,12 +319,12 @@ func drainOld(ctx context.Context, old *os.File, from int64, newf *os.File, leas
 		}
 		// Decided before the next look measures the old file, so that the
 		// last look takes whatever was written before the decision.
-		present, known := fsx.OpenForWriting(old)
+		done, known := fsx.WritersGone(old, newf, leased)
 		timeUp := time.Since(start) >= rotDrainMax
 		switch {
-		case known && !present:
-			// Nobody writes to the old file, and nobody can open it by
-			// name any more: one more look takes the rest.
+		case known && done:
+			// Nothing can add to the old file any more: one more look
+			// takes the rest.
 			final = time.Since(start) >= rotDrainSettle
 		case known:
 			// A writer has it open (a stalled one, maybe): wait for it.
@@ -333,10 +332,6 @@ func drainOld(ctx context.Context, old *os.File, from int64, newf *os.File, leas
 				slog.Warn("a writer still had the old active file open when the drain ended; what it writes from now on is lost",
 					"file", old.Name(), "waited", rotDrainMax)
 			}
-		case leased && fsx.LeaseWanted(newf):
-			// The writer is done with the old file: it waits to open the
-			// new one. One more look, for what it wrote just before.
-			final = true
 		default:
 			final = timeUp || time.Since(lastChange) >= rotDrainQuiet
 		}
